@@ -1,0 +1,44 @@
+"""Tiny random HF models built from configs (no downloads), saved as safetensors for conversion tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from megatron_ext.spec import ModelSpec, tiny_preset
+
+
+def tiny_spec(family: str, **overrides) -> ModelSpec:
+    """A tiny preset with overrides, e.g. tiny_spec("llama", vocab_size=1000) for vocab padding."""
+    import dataclasses
+
+    return dataclasses.replace(tiny_preset(f"tiny-{family}"), **overrides)
+
+
+def save_hf_model(spec: ModelSpec, path: Path, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                  max_shard_size: str | None = None) -> Path:
+    """Build a random HF model for `spec` with transformers and save it (config.json + safetensors)."""
+    import transformers
+
+    cfg_dict = spec.to_hf_config()
+    cfg = transformers.AutoConfig.for_model(**cfg_dict)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    # Randomise norms and biases too, so layout mistakes in them cannot hide behind ones and zeros.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(path, **kwargs)
+    return path
+
+
+def hf_logits(path: Path, input_ids: torch.Tensor) -> torch.Tensor:
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids).logits.float()
