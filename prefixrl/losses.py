@@ -34,6 +34,24 @@ def _ratio(logprobs_BT: torch.Tensor, ref_logprobs_BT: torch.Tensor) -> torch.Te
     return torch.exp((logprobs_BT - ref_logprobs_BT).clamp(max=_MAX_LOG_RATIO))
 
 
+def _clipped_surrogate(
+    logprobs_BT: torch.Tensor,
+    old_logprobs_BT: torch.Tensor,
+    advantages_B: torch.Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token PPO loss max(-A r, -A clip(r)), the ratio r, and where the clipped branch is active (all [B, T])."""
+    if not (0.0 <= clip_low < 1.0 and clip_high >= 0.0):
+        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got clip_low={clip_low}, clip_high={clip_high}")
+    adv_BT = advantages_B.detach()[:, None].expand_as(logprobs_BT)
+    ratio_BT = _ratio(logprobs_BT, old_logprobs_BT.detach())
+    unclipped_BT = -adv_BT * ratio_BT
+    clipped_BT = -adv_BT * ratio_BT.clamp(1.0 - clip_low, 1.0 + clip_high)
+    return torch.maximum(unclipped_BT, clipped_BT), ratio_BT, (clipped_BT > unclipped_BT).detach()
+
+
 def policy_gradient(
     logprobs_BT: torch.Tensor,
     advantages_B: torch.Tensor,
@@ -85,13 +103,9 @@ def ppo_clipped(
     With one optimizer update per batch, old_logp == logp, r == 1 and this equals `policy_gradient` in value and
     gradient. Args as in `policy_gradient`, plus old_logprobs_BT: [B, T] log-probs of the policy that sampled.
     """
-    if not (0.0 <= clip_low < 1.0 and clip_high >= 0.0):
-        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got clip_low={clip_low}, clip_high={clip_high}")
-    adv_BT = advantages_B.detach()[:, None].expand_as(logprobs_BT)
-    ratio_BT = _ratio(logprobs_BT, old_logprobs_BT.detach())
-    unclipped_BT = -adv_BT * ratio_BT
-    clipped_BT = -adv_BT * ratio_BT.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss_BT = torch.maximum(unclipped_BT, clipped_BT)
+    loss_BT, ratio_BT, is_clipped_BT = _clipped_surrogate(
+        logprobs_BT, old_logprobs_BT, advantages_B, clip_low=clip_low, clip_high=clip_high
+    )
     if is_weights_BT is not None:
         loss_BT = loss_BT * is_weights_BT.detach()
     loss = _masked_sum(loss_BT, loss_mask_BT) / num_tokens
@@ -100,7 +114,7 @@ def ppo_clipped(
             "loss/ppo": loss.detach(),
             "loss/num_tokens": loss_mask_BT.sum(),
             "policy/ratio_mean": _masked_mean(ratio_BT.detach(), loss_mask_BT),
-            "policy/clip_fraction": _masked_mean((clipped_BT > unclipped_BT).float(), loss_mask_BT),
+            "policy/clip_fraction": _masked_mean(is_clipped_BT.float(), loss_mask_BT),
         }
     return loss, metrics
 
@@ -227,20 +241,18 @@ def luffy_loss(
     """
     if gamma <= 0.0:
         raise ValueError(f"gamma={gamma} must be > 0 (LUFFY uses 0.1)")
-    adv_BT = advantages_B.detach()[:, None].expand_as(logprobs_BT)
-    ratio_BT = _ratio(logprobs_BT, old_logprobs_BT.detach())
-    unclipped_BT = -adv_BT * ratio_BT
-    clipped_BT = -adv_BT * ratio_BT.clamp(1.0 - clip_low, 1.0 + clip_high)
-    on_BT = torch.maximum(unclipped_BT, clipped_BT)
+    on_BT, _, is_clipped_BT = _clipped_surrogate(
+        logprobs_BT, old_logprobs_BT, advantages_B, clip_low=clip_low, clip_high=clip_high
+    )
     p_BT = torch.exp(logprobs_BT)
-    off_BT = -adv_BT * p_BT / (p_BT + gamma)
+    off_BT = -advantages_B.detach()[:, None] * p_BT / (p_BT + gamma)
     is_off_BT = off_policy_B.bool()[:, None].expand_as(logprobs_BT)
     loss = _masked_sum(torch.where(is_off_BT, off_BT, on_BT), loss_mask_BT) / num_tokens
     with torch.no_grad():
         on_mask_BT = loss_mask_BT * (~is_off_BT).float()
         metrics = {
             "loss/luffy": loss.detach(),
-            "policy/clip_fraction": _masked_mean((clipped_BT > unclipped_BT).float(), on_mask_BT),
+            "policy/clip_fraction": _masked_mean(is_clipped_BT.float(), on_mask_BT),
             "policy/off_policy_token_fraction": _masked_mean(is_off_BT.float(), loss_mask_BT),
         }
     return loss, metrics
