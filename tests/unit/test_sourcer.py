@@ -1,7 +1,5 @@
 """Rejection-sampling sourcer: killed mid-run (exception from generate, truncated shard line) and resumed."""
 
-
-
 import pytest
 
 from prefixrl.flops import FlopCounter
