@@ -219,22 +219,21 @@ def prefix_ids_for_policy(
     cut: int,
     *,
     policy_tokenizer_name: str,
-    policy_tokenizer: Tokenizer | None,
+    policy_tokenizer: Tokenizer,
     source_tokenizers: Mapping[str, Tokenizer],
 ) -> tuple[list[int], str]:
-    """Prefix ids in the policy's tokenizer and the prefix text, for a cut of `cut` trace tokens.
+    """Prefix ids in the policy's tokenizer and the prefix text (decoded, for the reward), for a cut of `cut` tokens.
 
     Same tokenizer: `trace_ids[:cut]` exactly, never re-tokenised. Cross-family: cut in the source tokens, decode with
     the source tokenizer, re-tokenise the text with the policy tokenizer (method notes 2.4).
     """
     source_ids = trace.trace_ids[:cut]
     if trace.tokenizer == policy_tokenizer_name:
-        text = policy_tokenizer.decode(source_ids) if policy_tokenizer is not None else ""
-        return list(source_ids), text
-    if trace.tokenizer not in source_tokenizers or policy_tokenizer is None:
+        return list(source_ids), policy_tokenizer.decode(source_ids)
+    if trace.tokenizer not in source_tokenizers:
         raise ValueError(
             f"trace {trace.trace_id} was tokenised by {trace.tokenizer!r}, the policy by {policy_tokenizer_name!r}: "
-            f"pass source_tokenizers={{{trace.tokenizer!r}: <tokenizer>}} and policy_tokenizer to re-tokenise it"
+            f"pass source_tokenizers={{{trace.tokenizer!r}: <tokenizer>}} to re-tokenise it"
         )
     text = source_tokenizers[trace.tokenizer].decode(source_ids)
     return list(policy_tokenizer.encode(text, add_special_tokens=False)), text
@@ -247,7 +246,7 @@ def prefixed_problems(
     strategy: CutStrategy,
     format_prompt: Callable[[Problem], list[int]],
     policy_tokenizer_name: str,
-    policy_tokenizer: Tokenizer | None = None,
+    policy_tokenizer: Tokenizer,
     source_tokenizers: Mapping[str, Tokenizer] | None = None,
 ) -> list[PrefixedProblem]:
     """The prefixed variants of one problem, one per cut of `strategy`.
@@ -287,11 +286,12 @@ def build_pool(
     cfg: PoolConfig,
     format_prompt: Callable[[Problem], list[int]],
     policy_tokenizer_name: str,
-    policy_tokenizer: Tokenizer | None = None,
+    policy_tokenizer: Tokenizer,
     source_tokenizers: Mapping[str, Tokenizer] | None = None,
 ) -> tuple[list[PrefixedProblem], PoolStats]:
     """The shuffled training pool: per problem with a trace, its prefixed variants plus `unprefixed_copies`
-    unprefixed copies. Problems without a trace are left out (method notes 2.2) and counted."""
+    unprefixed copies. Only the first trace of a problem is cut. Problems without a trace are left out (method notes
+    2.2) and counted."""
     by_problem: dict[str, OffPolicyTrace] = {}
     for trace in traces:
         by_problem.setdefault(trace.problem_id, trace)
