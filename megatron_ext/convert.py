@@ -83,21 +83,31 @@ def rule_for(megatron_name: str, spec: ModelSpec) -> TensorRule:
     return TensorRule(megatron_name, names, split)
 
 
+def expected_hf_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every tensor an HF checkpoint of this architecture holds, with its full shape."""
+    h, v, i, d = spec.hidden_size, spec.vocab_size, spec.intermediate_size, spec.head_dim
+    q, kv = spec.num_heads * d, spec.num_kv_heads * d
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
+    if not spec.tie_word_embeddings:
+        shapes["lm_head.weight"] = (v, h)
+    per_layer = {
+        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
+        "mlp.gate_proj.weight": (i, h), "mlp.up_proj.weight": (i, h), "mlp.down_proj.weight": (h, i),
+        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
+        "self_attn.o_proj.weight": (h, q),
+    }
+    if spec.qkv_bias:
+        per_layer |= {"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,)}
+    if spec.qk_norm:
+        per_layer |= {"self_attn.q_norm.weight": (d,), "self_attn.k_norm.weight": (d,)}
+    for layer in range(spec.num_layers):
+        shapes |= {f"model.layers.{layer}.{name}": shape for name, shape in per_layer.items()}
+    return shapes
+
+
 def expected_hf_names(spec: ModelSpec) -> list[str]:
     """Every tensor name an HF checkpoint of this architecture holds."""
-    names = ["model.embed_tokens.weight", "model.norm.weight"]
-    if not spec.tie_word_embeddings:
-        names.append("lm_head.weight")
-    per_layer = ["input_layernorm.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight",
-                 "mlp.up_proj.weight", "mlp.down_proj.weight", "self_attn.o_proj.weight"]
-    per_layer += [f"self_attn.{p}_proj.weight" for p in "qkv"]
-    if spec.qkv_bias:
-        per_layer += [f"self_attn.{p}_proj.bias" for p in "qkv"]
-    if spec.qk_norm:
-        per_layer += ["self_attn.q_norm.weight", "self_attn.k_norm.weight"]
-    for layer in range(spec.num_layers):
-        names += [f"model.layers.{layer}.{p}" for p in per_layer]
-    return names
+    return list(expected_hf_shapes(spec))
 
 
 # ---------------------------------------------------------------------------------------------------- HF reading
@@ -148,14 +158,19 @@ def check_hf_names(ckpt: HFCheckpoint, spec: ModelSpec) -> None:
     have = {k for k in ckpt.keys() if not _IGNORED_HF.search(k)}
     if spec.tie_word_embeddings:
         have.discard("lm_head.weight")  # some tied checkpoints store a redundant copy
-    want = set(expected_hf_names(spec))
-    missing, unexpected = sorted(want - have), sorted(have - want)
+    want = expected_hf_shapes(spec)
+    missing, unexpected = sorted(set(want) - have), sorted(have - set(want))
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {ckpt.path} does not match its config ({spec.architecture}, {spec.num_layers} layers): "
             f"missing {len(missing)} tensors {missing[:20]}{' ...' if len(missing) > 20 else ''}; "
             f"unexpected {len(unexpected)} tensors {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}"
         )
+    wrong = [(n, tuple(ckpt.shape(n)), s) for n, s in want.items() if tuple(ckpt.shape(n)) != s]
+    if wrong:
+        listing = "; ".join(f"{n}: checkpoint {a}, config expects {b}" for n, a, b in wrong[:10])
+        raise ValueError(f"checkpoint {ckpt.path} has {len(wrong)} tensors whose shapes do not match config.json "
+                         f"(is config.json from a different model?): {listing}")
 
 
 def _shard_from_hf(rule: TensorRule, ckpt: HFCheckpoint, spec: ModelSpec, *, rank: int, size: int,
@@ -303,3 +318,118 @@ def export_hf(chunks: list[torch.nn.Module]) -> Iterator[tuple[str, torch.Tensor
 
 def _stage_ranks(pp_group: Any) -> list[int]:
     return dist.get_process_group_ranks(pp_group)
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+def _atomic_dir(dst: Path, *, overwrite: bool) -> Path:
+    """A fresh temp dir beside dst (renamed into place by _commit_dir); refuses an existing dst unless overwrite."""
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists; choose a new destination or pass --overwrite")
+    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _commit_dir(tmp: Path, dst: Path) -> None:
+    import shutil
+
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(dst)
+
+
+def save_hf_checkpoint(named_tensors: Iterator[tuple[str, torch.Tensor]], spec: ModelSpec, dst: str | os.PathLike,
+                       *, write: bool = True, overwrite: bool = False, max_shard_bytes: int = 2 << 30,
+                       extra_files: dict[str, str] | None = None) -> None:
+    """Write an HF checkpoint (config.json + safetensors shards + index) from a tensor stream, atomically.
+
+    Only the rank with write=True writes; every rank must still consume the stream (it is a collective).
+    """
+    from safetensors.torch import save_file
+
+    dst = Path(dst)
+    tmp = _atomic_dir(dst, overwrite=overwrite) if write else None
+    shard: dict[str, torch.Tensor] = {}
+    shard_bytes, files, weight_map = 0, [], {}
+
+    def flush() -> None:
+        nonlocal shard, shard_bytes
+        if shard and tmp is not None:
+            name = f"model-{len(files) + 1:05d}.safetensors"
+            save_file(shard, str(tmp / name), metadata={"format": "pt"})
+            files.append(name)
+            weight_map.update({k: name for k in shard})
+        shard, shard_bytes = {}, 0
+
+    for name, tensor in named_tensors:
+        if not write:
+            continue
+        nbytes = tensor.numel() * tensor.element_size()
+        if shard and shard_bytes + nbytes > max_shard_bytes:
+            flush()
+        shard[name] = tensor.detach().to("cpu").contiguous().clone()
+        shard_bytes += nbytes
+    flush()
+    if tmp is None:
+        return
+    if len(files) == 1:
+        (tmp / files[0]).rename(tmp / "model.safetensors")
+    else:
+        index = {"metadata": {"total_size": sum((tmp / f).stat().st_size for f in files)}, "weight_map": weight_map}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (tmp / "config.json").write_text(json.dumps(spec.to_hf_config(), indent=2))
+    for fname, text in (extra_files or {}).items():
+        (tmp / fname).write_text(text)
+    _commit_dir(tmp, dst)
+
+
+MEGATRON_META = "prefixrl_model.json"
+"""File in a Megatron checkpoint dir that records the HF architecture (the dist checkpoint holds only tensors)."""
+
+
+def save_megatron_checkpoint(chunks: list[torch.nn.Module], dst: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Megatron distributed checkpoint (torch_dist) of the model weights, loadable at any TP/PP. Collective."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_ext.models import spec_of, unwrap
+
+    dst = Path(dst)
+    rank = dist.get_rank()
+    tmp = _atomic_dir(dst, overwrite=overwrite) if rank == 0 else None
+    tmp_name = [str(tmp) if tmp else ""]
+    dist.broadcast_object_list(tmp_name, src=0)
+    tmp = Path(tmp_name[0])
+    sharded = unwrap(chunks[0]).sharded_state_dict(prefix="model.")
+    dist_checkpointing.save(sharded, str(tmp))
+    dist.barrier()
+    if rank == 0:
+        (tmp / MEGATRON_META).write_text(json.dumps(spec_of(chunks).to_hf_config(), indent=2))
+        _commit_dir(tmp, dst)
+    dist.barrier()
+
+
+def load_megatron_checkpoint(src: str | os.PathLike, *, precision: Any = None) -> list[torch.nn.Module]:
+    """Build this rank's chunks for a checkpoint written by save_megatron_checkpoint and load its weights."""
+    from megatron.core import dist_checkpointing
+
+    from megatron_ext import models
+    from megatron_ext.models import unwrap
+
+    src = Path(src)
+    meta = src / MEGATRON_META
+    if not meta.exists():
+        raise FileNotFoundError(f"{src} is not a complete PrefixRL Megatron checkpoint ({MEGATRON_META} is missing)")
+    spec = ModelSpec.from_hf_config(json.loads(meta.read_text()))
+    chunks = models.build(spec, precision=precision or models.PrecisionConfig())
+    model = unwrap(chunks[0])
+    state = dist_checkpointing.load(model.sharded_state_dict(prefix="model."), str(src))
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=True)
+    return chunks

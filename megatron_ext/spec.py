@@ -137,6 +137,7 @@ class ModelSpec:
             "architectures", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
             "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta", "rope_scaling", "rope_parameters",
             "rms_norm_eps", "tie_word_embeddings", "attention_bias", "max_position_embeddings", "torch_dtype", "dtype",
+            "model_type", "hidden_act", "mlp_bias",
         }
         return cls(
             architecture=arch,
