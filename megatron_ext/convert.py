@@ -433,3 +433,49 @@ def load_megatron_checkpoint(src: str | os.PathLike, *, precision: Any = None) -
     state = dist_checkpointing.load(model.sharded_state_dict(prefix="model."), str(src))
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=True)
     return chunks
+
+
+# ---------------------------------------------------------------------------------------------------- CLI jobs
+def _hf_to_megatron_worker(rank: int, world: int, port: int, src: str, dst: str, tp: int, pp: int,
+                           overwrite: bool) -> None:
+    from megatron_ext import models, runtime
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    runtime.initialize(tensor_parallel=tp, pipeline_parallel=pp)
+    try:
+        save_megatron_checkpoint(models.from_hf(src), dst, overwrite=overwrite)
+    finally:
+        runtime.shutdown()
+
+
+def hf_to_megatron(src: str | os.PathLike, dst: str | os.PathLike, *, tp: int = 1, pp: int = 1,
+                   overwrite: bool = False) -> None:
+    """Convert an HF checkpoint into a Megatron dist checkpoint, loading it at TP=tp, PP=pp (tp*pp processes)."""
+    import torch.multiprocessing as mp
+
+    from megatron_ext.runtime import free_port
+
+    src, dst = Path(src), Path(dst)
+    ModelSpec.from_pretrained(src).check_parallel(tensor_parallel=tp, pipeline_parallel=pp)
+    HFCheckpoint(src)  # fail here, not in every child, when the weights are missing
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists; choose a new destination or pass --overwrite")
+    world = tp * pp
+    mp.start_processes(_hf_to_megatron_worker, args=(world, free_port(), str(src), str(dst), tp, pp, overwrite),
+                       nprocs=world, start_method="spawn")
+
+
+def megatron_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Convert a Megatron dist checkpoint (any saved TP/PP) into an HF checkpoint, in one process."""
+    from megatron_ext import models, runtime
+
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists; choose a new destination or pass --overwrite")
+    runtime.initialize()
+    try:
+        chunks = load_megatron_checkpoint(src)
+        save_hf_checkpoint(export_hf(chunks), models.spec_of(chunks), dst, overwrite=overwrite)
+    finally:
+        runtime.shutdown()
