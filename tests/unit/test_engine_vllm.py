@@ -217,6 +217,22 @@ def test_generate_rejects_bad_input(pool):
         engine.generate([[2, 512]], n=1, max_tokens=4)
 
 
+@needs_vllm
+@pytest.mark.vllm
+def test_dummy_engine_from_config_dir_gets_weights_by_sync(pool, tmp_path):
+    from prefixrl.engine.vllm import VLLMEngine
+
+    pool.close()  # one engine at a time
+    (tmp_path / "config.json").write_text((pool.models["qwen2", 0] / "config.json").read_text())
+    engine = VLLMEngine(tmp_path, max_model_len=MAX_MODEL_LEN, seed=0, load_format="dummy", kv_cache_gib=1)
+    try:
+        engine.update_weights(load_state(pool.models["qwen2", 1]).items())
+        out = engine.generate(PROMPTS, n=1, max_tokens=8, temperature=1.0, seed=5)
+        _assert_matches_hf(pool.hf_model("qwen2", 1), PROMPTS, out, temperature=1.0)
+    finally:
+        engine.shutdown()
+
+
 # --------------------------------------------------------------------------------------------- no engine start
 def test_bad_engine_tp_names_valid_sizes(models):
     from prefixrl.engine.vllm import VLLMEngine
