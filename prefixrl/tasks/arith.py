@@ -1,0 +1,200 @@
+"""Synthetic task for the CPU default: add and subtract a chain of numbers, with a worked solution.
+
+    cfg = ArithConfig(seed=0)
+    splits = make_splits(cfg)                    # {"train_easy": [Problem, ...], ..., "heldout_hard": [...]}
+    texts = solutions(splits["train_easy"][0], num=3, cfg=cfg)    # several valid worked chains, canonical first
+    ArithVerifier()(problem, "12 + 30 = 42\nANSWER: 42")        # True iff the final answer is right
+
+A problem is `Compute 37 + 58 - 12 + 9.`; its answer is an integer in [0, max_answer] (1,000 possible answers by
+default). A worked solution adds one term per line, in any order whose running totals stay in [0, max_answer]:
+
+    58 - 12 = 46
+    46 + 37 = 83
+    83 + 9 = 92
+    ANSWER: 92
+
+so a problem with k terms has up to (k - 1)! * (number of positive terms) correct chains, and the verifier looks only
+at the final answer. The difficulty knob is the number of terms (`ArithConfig.terms`): every extra line is one more
+chance for a small model to slip, so hard problems are rarely solved end to end, while a correct trace's prefix (its
+first partial sums) makes the rest easy -- the situation PrefixRL is built for. Everything is deterministic from
+`ArithConfig.seed`; the splits are disjoint by prompt text.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefixrl.prefixes import derive_seed
+from prefixrl.records import Problem
+
+ANSWER_RE = re.compile(r"ANSWER:\s*(-?\d+)")
+"""The final-answer line; the first match is the model's answer (later ones are ignored, so hedging does not pay)."""
+
+SPLITS = ("heldout_hard", "heldout_medium", "train_hard", "train_medium", "train_easy")
+"""Split names, in generation order: held-out sets are drawn first, so their problems do not depend on train sizes."""
+
+_MAX_TRIES_PER_PROBLEM = 10_000
+
+
+@dataclass(kw_only=True, frozen=True)
+class ArithConfig:
+    """Sizes, difficulty levels and seed of the synthetic task."""
+
+    terms: dict[str, int] = field(default_factory=lambda: {"easy": 3, "medium": 5, "hard": 8})
+    """Difficulty level -> number of terms per problem."""
+    sizes: dict[str, int] = field(
+        default_factory=lambda: {
+            "train_easy": 2000, "train_medium": 500, "train_hard": 500, "heldout_medium": 100, "heldout_hard": 100,
+        }
+    )  # fmt: skip
+    """Split -> number of problems; a split's level is the part of its name after the underscore."""
+    max_operand: int = 99
+    """Terms are drawn uniformly from [1, max_operand]."""
+    max_answer: int = 999
+    """Answers and every partial sum of the canonical chain lie in [0, max_answer]."""
+    subtract_prob: float = 0.35
+    """Probability that a term after the first is subtracted."""
+    seed: int = 0
+    """Everything (problems, splits, solution orders) is a function of this seed."""
+
+    def __post_init__(self) -> None:
+        if any(k < 2 for k in self.terms.values()):
+            raise ValueError(f"terms={self.terms}: every level needs at least 2 terms")
+        unknown = [s for s in self.sizes if s not in SPLITS]
+        if unknown:
+            raise ValueError(f"unknown split(s) {unknown} in sizes; use names from {SPLITS}")
+        missing = sorted({s.split("_", 1)[1] for s in self.sizes} - set(self.terms))
+        if missing:
+            raise ValueError(f"sizes uses level(s) {missing} that terms={self.terms} does not define; add them")
+        if not (1 <= self.max_operand <= self.max_answer):
+            raise ValueError(f"need 1 <= max_operand={self.max_operand} <= max_answer={self.max_answer}")
+        if not 0.0 <= self.subtract_prob < 1.0:
+            raise ValueError(f"subtract_prob={self.subtract_prob} must be in [0, 1)")
+
+
+# ------------------------------------------------------------------------------------------------ problems
+def _signed_terms(problem: Problem) -> list[int]:
+    return [int(t) for t in problem.metadata["terms"]]
+
+
+def prompt_text(terms: Sequence[int]) -> str:
+    """`Compute 37 + 58 - 12.` for signed terms [37, 58, -12] (the first term is positive)."""
+    body = str(terms[0]) + "".join(f" {'-' if t < 0 else '+'} {abs(t)}" for t in terms[1:])
+    return f"Compute {body}."
+
+
+def _running_ok(terms: Sequence[int], max_answer: int) -> bool:
+    total = 0
+    for t in terms:
+        total += t
+        if not 0 <= total <= max_answer:
+            return False
+    return True
+
+
+def make_problem(rng: random.Random, *, num_terms: int, cfg: ArithConfig, problem_id: str, level: str) -> Problem:
+    """One problem with `num_terms` terms whose left-to-right partial sums stay in [0, cfg.max_answer]."""
+    for _ in range(_MAX_TRIES_PER_PROBLEM):
+        terms = [rng.randint(1, cfg.max_operand)]
+        terms += [rng.randint(1, cfg.max_operand) * (-1 if rng.random() < cfg.subtract_prob else 1)
+                  for _ in range(num_terms - 1)]  # fmt: skip
+        if _running_ok(terms, cfg.max_answer):
+            return Problem(
+                problem_id=problem_id, prompt=prompt_text(terms), answer=str(sum(terms)), source="arith",
+                metadata={"terms": terms, "level": level, "num_terms": num_terms},
+            )  # fmt: skip
+    raise ValueError(
+        f"could not draw a {num_terms}-term problem within max_answer={cfg.max_answer} in {_MAX_TRIES_PER_PROBLEM} "
+        "tries; raise max_answer or lower max_operand / the number of terms"
+    )
+
+
+def make_splits(cfg: ArithConfig) -> dict[str, list[Problem]]:
+    """All splits of `cfg.sizes`, disjoint by prompt; ids are `arith-<split>-<index>`."""
+    seen: set[str] = set()
+    out: dict[str, list[Problem]] = {}
+    for split in (s for s in SPLITS if s in cfg.sizes):
+        level = split.split("_", 1)[1]
+        rng = random.Random(derive_seed(cfg.seed, split))
+        problems: list[Problem] = []
+        tries = 0
+        while len(problems) < cfg.sizes[split]:
+            tries += 1
+            if tries > _MAX_TRIES_PER_PROBLEM * max(1, cfg.sizes[split]):
+                raise ValueError(f"split {split}: only {len(problems)} distinct problems found; lower sizes[{split!r}]")
+            p = make_problem(rng, num_terms=cfg.terms[level], cfg=cfg, level=level,
+                             problem_id=f"arith-{split}-{len(problems):05d}")  # fmt: skip
+            if p.prompt not in seen:
+                seen.add(p.prompt)
+                problems.append(p)
+        out[split] = problems
+    return out
+
+
+def write_problems(path: str | Path, problems: Sequence[Problem]) -> None:
+    """JSONL readable by `prefixrl.data.load_problems` with its default fields (id, problem, answer)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("w") as f:
+        for prob in problems:
+            f.write(json.dumps({"id": prob.problem_id, "problem": prob.prompt, "answer": prob.answer,
+                                **prob.metadata}) + "\n")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ solutions
+def chain_text(terms: Sequence[int]) -> str:
+    """The worked chain adding `terms` in the given order, ending with the answer line."""
+    lines, total = [], terms[0]
+    for t in terms[1:]:
+        new = total + t
+        lines.append(f"{total} {'-' if t < 0 else '+'} {abs(t)} = {new}")
+        total = new
+    return "\n".join([*lines, f"ANSWER: {total}"])
+
+
+def solutions(problem: Problem, *, num: int, cfg: ArithConfig) -> list[str]:
+    """Up to `num` distinct correct worked chains: the left-to-right order first, then random valid orders."""
+    terms = _signed_terms(problem)
+    rng = random.Random(derive_seed(cfg.seed, problem.problem_id))
+    orders: list[tuple[int, ...]] = [tuple(terms)]
+    for _ in range(20 * num):
+        if len(orders) >= num:
+            break
+        perm = tuple(rng.sample(terms, len(terms)))
+        if perm[0] > 0 and perm not in orders and _running_ok(perm, cfg.max_answer):
+            orders.append(perm)
+    return [chain_text(o) for o in orders]
+
+
+def sft_examples(problems: Sequence[Problem], *, per_problem: int, cfg: ArithConfig) -> list[tuple[Problem, str]]:
+    """(problem, worked solution) pairs for SFT of the tiny base model, `per_problem` orders each (fewer when a
+    problem has fewer valid orders)."""
+    return [(p, text) for p in problems for text in solutions(p, num=per_problem, cfg=cfg)]
+
+
+def tokenizer_corpus(splits: dict[str, list[Problem]], *, cfg: ArithConfig) -> list[str]:
+    """Every prompt and two worked solutions per problem: the text a task tokenizer is trained on."""
+    return [p.prompt for ps in splits.values() for p in ps] + [
+        text for ps in splits.values() for p in ps for text in solutions(p, num=2, cfg=cfg)
+    ]
+
+
+def answer_of(text: str) -> int | None:
+    """The first `ANSWER: <int>` in `text`, or None."""
+    m = ANSWER_RE.search(text)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(slots=True)
+class ArithVerifier:
+    """`prefixrl.protocols.Verifier` for this task: the first `ANSWER: n` equals the reference; the chain is not
+    checked, so any order (or any reasoning) that reaches the right number is accepted."""
+
+    def __call__(self, problem: Problem, text: str) -> bool:
+        got = answer_of(text)
+        return got is not None and str(got) == problem.answer.strip()

@@ -1,0 +1,144 @@
+"""Synthetic arithmetic task (problems, splits, worked chains, verifier) and the in-process sentencepiece tokenizer."""
+
+import random
+
+import pytest
+
+from prefixrl.data import ChatFormatConfig, ProblemSetConfig, chat_prompt_ids, load_problems
+from prefixrl.protocols import Tokenizer, Verifier
+from prefixrl.records import Problem
+from prefixrl.tasks.arith import (
+    ArithConfig,
+    ArithVerifier,
+    chain_text,
+    make_problem,
+    make_splits,
+    prompt_text,
+    sft_examples,
+    solutions,
+    tokenizer_corpus,
+    write_problems,
+)
+from prefixrl.tokenizer import BOS_ID, EOS_ID, PAD_ID, SentencePieceTokenizer
+
+SMALL = ArithConfig(
+    sizes={"train_easy": 200, "train_medium": 50, "train_hard": 50, "heldout_medium": 20, "heldout_hard": 20}
+)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return make_splits(SMALL)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(splits):
+    return SentencePieceTokenizer.train(tokenizer_corpus(splits, cfg=SMALL))
+
+
+def test_problem_shape_and_answer():
+    p = make_problem(random.Random(0), num_terms=5, cfg=ArithConfig(), problem_id="x", level="medium")
+    terms = p.metadata["terms"]
+    assert len(terms) == 5 and terms[0] > 0 and p.prompt == prompt_text(terms)
+    assert int(p.answer) == sum(terms) and 0 <= int(p.answer) <= 999
+    assert prompt_text([37, 58, -12]) == "Compute 37 + 58 - 12."
+    assert chain_text([37, -12, 58]) == "37 - 12 = 25\n25 + 58 = 83\nANSWER: 83"
+
+
+def test_splits_sizes_levels_disjoint_and_deterministic(splits):
+    assert {k: len(v) for k, v in splits.items()} == SMALL.sizes
+    prompts = [p.prompt for ps in splits.values() for p in ps]
+    assert len(prompts) == len(set(prompts))
+    ids = [p.problem_id for ps in splits.values() for p in ps]
+    assert len(ids) == len(set(ids))
+    for name, ps in splits.items():
+        assert {p.metadata["num_terms"] for p in ps} == {SMALL.terms[name.split("_")[1]]}
+    assert make_splits(SMALL) == splits
+    assert make_splits(ArithConfig(sizes=SMALL.sizes, seed=1))["heldout_hard"] != splits["heldout_hard"]
+    # held-out sets do not depend on how many training problems are drawn
+    bigger = ArithConfig(sizes={**SMALL.sizes, "train_easy": 400})
+    assert make_splits(bigger)["heldout_hard"] == splits["heldout_hard"]
+
+
+def test_many_correct_chains_all_accepted(splits):
+    verify = ArithVerifier()
+    assert isinstance(verify, Verifier)
+    p = splits["train_hard"][0]
+    chains = solutions(p, num=6, cfg=SMALL)
+    assert len(chains) == 6 and len(set(chains)) == 6
+    assert chains[0] == chain_text(p.metadata["terms"])
+    for text in chains:
+        assert verify(p, text) and text.endswith(f"ANSWER: {p.answer}")
+
+
+def test_verifier_checks_only_the_final_answer():
+    verify = ArithVerifier()
+    p = Problem(problem_id="p", prompt="Compute 10 + 20 + 30.", answer="60")
+    assert verify(p, "10 + 20 = 30\n30 + 30 = 60\nANSWER: 60")
+    assert verify(p, "30 + 10 = 40\n40 + 20 = 60\nANSWER: 60")
+    assert verify(p, "I just know it.\nANSWER:60")
+    assert verify(p, "10 + 20 = 31\nANSWER: 60")  # a wrong step does not matter, only the answer
+    assert not verify(p, "10 + 20 = 30\n30 + 30 = 61\nANSWER: 61")
+    assert not verify(p, "10 + 20 = 30\n30 + 30 = 60")  # no answer line
+    assert not verify(p, "ANSWER: 600")
+    assert not verify(p, "ANSWER: 61\nANSWER: 60")  # the first answer counts
+
+
+def test_sft_examples_and_jsonl_round_trip(splits, tmp_path):
+    pairs = sft_examples(splits["train_easy"][:10], per_problem=2, cfg=SMALL)
+    assert all(ArithVerifier()(p, text) for p, text in pairs) and len(pairs) >= 10
+    path = tmp_path / "hard.jsonl"
+    write_problems(path, splits["heldout_hard"])
+    loaded = load_problems(ProblemSetConfig(path=str(path), source="arith"))
+    assert [(p.problem_id, p.prompt, p.answer) for p in loaded] == [
+        (p.problem_id, p.prompt, p.answer) for p in splits["heldout_hard"]
+    ]
+    assert loaded[0].metadata["terms"] == splits["heldout_hard"][0].metadata["terms"]
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="at least 2 terms"):
+        ArithConfig(terms={"easy": 1})
+    with pytest.raises(ValueError, match="unknown split"):
+        ArithConfig(sizes={"train_eazy": 3})
+    with pytest.raises(ValueError, match="does not define"):
+        ArithConfig(terms={"easy": 3}, sizes={"train_hard": 3})
+
+
+def test_tokenizer_round_trip_and_specials(tokenizer, splits, tmp_path):
+    assert isinstance(tokenizer, Tokenizer)
+    assert tokenizer.vocab_size <= 512  # fits the tiny presets of megatron_ext.spec
+    assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) == (PAD_ID, BOS_ID, EOS_ID) == (0, 2, 3)
+    p = splits["train_hard"][3]
+    text = solutions(p, num=1, cfg=SMALL)[0]
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.decode([*ids, EOS_ID, PAD_ID]) == text
+    assert tokenizer.encode(text, add_special_tokens=True) == [BOS_ID, *ids]
+    # prefix text + completion text == full text for every token cut (the reward judges prefix + completion)
+    assert all(tokenizer.decode(ids[:h]) + tokenizer.decode(ids[h:]) == text for h in range(len(ids) + 1))
+    # unseen characters fall back to bytes
+    assert tokenizer.decode(tokenizer.encode("héllo ✓ 42")) == "héllo ✓ 42"
+    path = tmp_path / "tok" / "tokenizer.model"
+    tokenizer.save(path)
+    again = SentencePieceTokenizer.load(path)
+    assert again.encode(text) == ids and again.name == tokenizer.name
+
+
+def test_chat_template(tokenizer, splits):
+    p = splits["train_easy"][0]
+    conv = [{"role": "user", "content": p.prompt}]
+    text = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    assert text == f"<|user|>{p.prompt}<|end|>\n<|assistant|>"
+    ids = chat_prompt_ids(p, tokenizer=tokenizer, cfg=ChatFormatConfig())
+    assert ids == tokenizer.apply_chat_template(conv, add_generation_prompt=True)
+    assert ids[-1] == tokenizer.encode("<|assistant|>")[0] and len(tokenizer.encode("<|assistant|>")) == 1
+    with pytest.raises(ValueError, match="role 'tool'"):
+        tokenizer.apply_chat_template([{"role": "tool", "content": "x"}])
+
+
+def test_tokenizer_errors(tmp_path):
+    with pytest.raises(ValueError, match="too small"):
+        SentencePieceTokenizer.train(["a b c"], vocab_size=128)
+    with pytest.raises(FileNotFoundError, match="no tokenizer model"):
+        SentencePieceTokenizer.load(tmp_path / "missing.model")
