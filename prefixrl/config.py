@@ -1,7 +1,7 @@
 """The typed run configuration of `prefixrl train`: nested frozen dataclasses, dotted overrides, JSON round trip.
 
     cfg = apply_overrides(get_recipe("prefixrl_tiny_cpu_1n2c")(), ["rollout.n=16", "optim.lr=1e-5"])
-    cfg.check(world_size=2)              # parallel sizes against the world size (and the model, given a spec)
+    cfg.check(2, spec=spec)              # the launched world size and the model architecture, at setup
     json.dumps(to_dict(cfg))             # stored next to a run; `from_dict` rebuilds it (and compares on resume)
     print(describe(cfg))                 # every field with its type, value and docstring (for --help)
 
@@ -400,6 +400,35 @@ class MismatchConfig:
 
 
 @dataclass(kw_only=True, frozen=True)
+class ClusterConfig:
+    """The machines a run is launched on (read by `recipes.launch` and checked against the parallel layout)."""
+
+    num_nodes: int = 1
+    """Nodes of the job."""
+    gpus_per_node: int = 1
+    """Ranks per node: GPUs on a GPU cluster, CPU processes on a CPU box."""
+    account: str = "prefixrl"
+    """Slurm account (sbatch --account)."""
+    partition: str | None = None
+    """Slurm partition; None: the cluster's default."""
+    time_limit: str = "04:00:00"
+    """Slurm time limit, HH:MM:SS; the job is signalled to checkpoint shortly before it."""
+
+    def __post_init__(self) -> None:
+        _at_least("cluster.num_nodes", self.num_nodes, 1)
+        _at_least("cluster.gpus_per_node", self.gpus_per_node, 1)
+        parts = self.time_limit.split(":")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"cluster.time_limit={self.time_limit!r} is not HH:MM:SS, e.g. 04:00:00")
+        if not self.account:
+            raise ValueError("cluster.account is empty; nemo-run's Slurm executor needs one, e.g. prefixrl")
+
+    @property
+    def world_size(self) -> int:
+        return self.num_nodes * self.gpus_per_node
+
+
+@dataclass(kw_only=True, frozen=True)
 class TrainConfig:
     """A complete PrefixRL training run."""
 
@@ -431,6 +460,8 @@ class TrainConfig:
     """Output directory and metric sinks."""
     mismatch: MismatchConfig = field(default_factory=MismatchConfig)
     """Trainer/engine log-prob check."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Nodes and ranks the run is launched on."""
 
     def __post_init__(self) -> None:
         if not self.run_name or any(c.isspace() or c == "/" for c in self.run_name):
@@ -449,6 +480,12 @@ class TrainConfig:
             )
         if self.rl.estimator == "rloo" and self.rollout.n < 2:
             raise ValueError("rl.estimator=rloo needs rollout.n >= 2; raise rollout.n or use rl.estimator=reinforce")
+        self.parallel.check(self.cluster.world_size)
+        if self.parallel.engine_tensor_parallel > self.cluster.gpus_per_node:
+            raise ValueError(
+                f"parallel.engine_tensor_parallel={self.parallel.engine_tensor_parallel} spans nodes "
+                f"(cluster.gpus_per_node={self.cluster.gpus_per_node}); use at most {self.cluster.gpus_per_node}"
+            )
         if self.optim.warmup_steps > self.steps:
             logger.warning("optim.warmup_steps=%d exceeds steps=%d: lr never reaches its peak",
                            self.optim.warmup_steps, self.steps)
@@ -459,7 +496,13 @@ class TrainConfig:
         return self.rollout.max_model_len - self.rollout.max_new_tokens
 
     def check(self, world_size: int, *, spec: ArchitectureLike | None = None) -> None:
-        """Checks that need the world size (and optionally the model architecture); call at setup."""
+        """Checks that need the launched world size (and optionally the model architecture); call at setup."""
+        if world_size != self.cluster.world_size:
+            raise ValueError(
+                f"launched with {world_size} ranks but cluster.num_nodes * cluster.gpus_per_node = "
+                f"{self.cluster.num_nodes} * {self.cluster.gpus_per_node} = {self.cluster.world_size}; launch "
+                f"{self.cluster.world_size} ranks or set cluster.gpus_per_node / cluster.num_nodes"
+            )
         self.parallel.check(world_size, spec=spec)
         dp = self.parallel.data_parallel(world_size)
         sequences = self.rollout.prompts_per_step * self.rollout.n

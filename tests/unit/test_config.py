@@ -6,6 +6,7 @@ import json
 import pytest
 
 from prefixrl.config import (
+    ClusterConfig,
     EvalConfig,
     ModelConfig,
     OptimConfig,
@@ -126,6 +127,7 @@ def test_cross_section_checks():
 
 def test_parallel_check_names_valid_sizes():
     ParallelConfig(tensor_parallel=2, pipeline_parallel=3).check(6, spec=FakeSpec())
+    ParallelConfig(tensor_parallel=2, pipeline_parallel=3).check(12, spec=FakeSpec())
     with pytest.raises(ValueError, match=r"use a product in \[1, 2, 4, 8\]"):
         ParallelConfig(tensor_parallel=3).check(8)
     with pytest.raises(ValueError, match=r"engine_tensor_parallel=4 does not divide world size 2; use one of \[1, 2\]"):
@@ -137,11 +139,26 @@ def test_parallel_check_names_valid_sizes():
     assert ParallelConfig(tensor_parallel=2, pipeline_parallel=2).data_parallel(16) == 4
 
 
-def test_train_check_batch_split():
+def test_train_check_batch_split_and_world_size():
     cfg = TrainConfig(rollout=RolloutConfig(prompts_per_step=3, n=2), optim=OptimConfig(micro_batch_size=4))
     with pytest.raises(ValueError, match="multiple of 4"):
         cfg.check(1)
-    TrainConfig(rollout=RolloutConfig(prompts_per_step=4, n=2), optim=OptimConfig(micro_batch_size=2)).check(2)
+    two = ClusterConfig(gpus_per_node=2)
+    ok = TrainConfig(rollout=RolloutConfig(prompts_per_step=4, n=2), optim=OptimConfig(micro_batch_size=2), cluster=two)
+    ok.check(2)
+    with pytest.raises(ValueError, match="launched with 4 ranks but cluster.num_nodes"):
+        TrainConfig(cluster=two).check(4)
+
+
+def test_layout_is_checked_against_the_cluster():
+    with pytest.raises(ValueError, match=r"does not divide world size 8; use a product in \[1, 2, 4, 8\]"):
+        apply_overrides(TrainConfig(), ["cluster.gpus_per_node=8", "parallel.tensor_parallel=3"])
+    with pytest.raises(ValueError, match="spans nodes"):
+        apply_overrides(
+            TrainConfig(), ["cluster.num_nodes=2", "cluster.gpus_per_node=2", "parallel.engine_tensor_parallel=4"]
+        )
+    with pytest.raises(ValueError, match="not HH:MM:SS"):
+        ClusterConfig(time_limit="4h")
 
 
 def test_dict_round_trip_is_json_safe():
