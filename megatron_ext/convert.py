@@ -263,12 +263,13 @@ def load_hf_into(chunks: list[torch.nn.Module], path: str | os.PathLike) -> None
                 param.copy_(shard.to(param.dtype))
 
 
-def _manifest(chunks: list[torch.nn.Module], spec: ModelSpec) -> list[list[tuple[str, tuple[int, ...], str]]]:
+def _manifest(chunks: list[torch.nn.Module], spec: ModelSpec, *,
+              gradients: bool = False) -> list[list[tuple[str, tuple[int, ...], str]]]:
     """Per PP stage, the ordered (global name, local shape, dtype) of the parameters it exports."""
     from megatron.core import parallel_state
 
     local = [
-        (name, tuple(p.shape), str(p.dtype).removeprefix("torch."))
+        (name, tuple(p.shape), str(p.main_grad.dtype if gradients else p.dtype).removeprefix("torch."))
         for chunk in chunks
         for name, p in global_named_parameters(chunk)
         if not (name == "output_layer.weight" and spec.tie_word_embeddings)
@@ -281,10 +282,12 @@ def _manifest(chunks: list[torch.nn.Module], spec: ModelSpec) -> list[list[tuple
     return stages
 
 
-def export_hf(chunks: list[torch.nn.Module]) -> Iterator[tuple[str, torch.Tensor]]:
+def export_hf(chunks: list[torch.nn.Module], *, gradients: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """Collective: yield every HF tensor (full, HF name, unpadded) on every rank, one parameter at a time.
 
-    All ranks of the model-parallel group must iterate the stream to the end together.
+    All ranks of the model-parallel group must iterate the stream to the end together. With gradients=True the
+    stream carries each parameter's Megatron DDP `main_grad` instead (for gradient-parity tests; valid when the
+    gradients were all-reduced, i.e. without the distributed optimizer or at DP=1).
     """
     from megatron.core import parallel_state
 
@@ -297,12 +300,12 @@ def export_hf(chunks: list[torch.nn.Module]) -> Iterator[tuple[str, torch.Tensor
     my_stage = parallel_state.get_pipeline_model_parallel_rank()
     params = {name: p for chunk in chunks for name, p in global_named_parameters(chunk)}
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-    for stage, entries in enumerate(_manifest(chunks, spec)):
+    for stage, entries in enumerate(_manifest(chunks, spec, gradients=gradients)):
         for name, shape, dtype_name in entries:
             rule = rule_for(name, spec)
             n_shards = 1 if rule.split == "replicated" else tp
             if stage == my_stage:
-                local = params[name].detach().contiguous()
+                local = (params[name].main_grad if gradients else params[name]).detach().contiguous()
                 if n_shards == 1:
                     stacked = local.unsqueeze(0)
                 else:

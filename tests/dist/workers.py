@@ -95,6 +95,115 @@ def load_megatron_checkpoint_at(*, tmp: str, src_tp: int, tp: int) -> None:
         runtime.shutdown()
 
 
+def _rl_batch(seed: int, *, vocab: int = 1000, num_seqs: int = 4):
+    """A deterministic RL batch: random prompt+prefix and completion lengths, mixed-sign advantages."""
+    from prefixrl.batching import RLBatch
+
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(2, 9, (num_seqs, 2), generator=g).tolist()
+    prompts = [torch.randint(4, vocab, (p,), generator=g).tolist() for p, _ in lens]
+    comps = [torch.randint(4, vocab, (c,), generator=g).tolist() for _, c in lens]
+    adv = (torch.randn(num_seqs, generator=g)).tolist()
+    return RLBatch.from_lists(prompts, comps, adv)
+
+
+def _hf_oracle_grads(path: Path, batch, *, temperature: float) -> tuple[dict, torch.Tensor]:
+    """Gradients of the prefix-masked REINFORCE loss computed with HF transformers (independent oracle)."""
+    import transformers
+
+    from prefixrl import losses
+    from prefixrl.batching import token_logprobs
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    logits = model(batch.tokens_BT).logits / temperature
+    lp_BT = token_logprobs(logits, batch.tokens_BT)
+    loss, _ = losses.policy_gradient(lp_BT, batch.advantages_B, batch.loss_mask_BT, num_tokens=batch.num_tokens)
+    loss.backward()
+    return {n: p.grad for n, p in model.named_parameters()}, loss.detach()
+
+
+def grad_parity(*, tp: int, pp: int, family: str, tmp: str, distributed_optimizer: bool) -> None:
+    """Prefix-masked loss gradients and log-probs at this layout equal HF's full-vocab oracle (1e-5)."""
+    from megatron_ext.policy import MegatronPolicy, OptimizerSettings, PolicyConfig
+    from prefixrl.batching import token_logprobs
+
+    root = Path(tmp)
+    runtime.initialize(tensor_parallel=tp, pipeline_parallel=pp, seed=0)
+    try:
+        path = _shared_hf_model(family, root, vocab_size=1000)
+        temperature = 0.7
+        policy = MegatronPolicy(PolicyConfig(
+            model=str(path), optim=OptimizerSettings(lr=1e-4, warmup_steps=0, clip_grad=0.0), micro_batch_size=1,
+            max_seq_len=64, temperature=temperature, use_distributed_optimizer=distributed_optimizer))
+        batch = _rl_batch(0)
+        import transformers
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        with torch.no_grad():
+            ref_lp = token_logprobs(hf(batch.tokens_BT).logits / temperature, batch.tokens_BT) * batch.loss_mask_BT
+        lp = policy.logprobs(batch)
+        err = (lp - ref_lp).abs().max().item()
+        assert err < 1e-5, f"log-probs differ from the full-vocab reference by {err}"
+        print(f"LOGPROBS tp={tp} pp={pp} max_abs_err={err:.2e}")
+        ref_grads, ref_loss = _hf_oracle_grads(path, batch, temperature=temperature)
+        metrics = policy.train_step(batch)
+        assert abs(metrics["loss/total"] - ref_loss.item()) < 1e-5, (metrics["loss/total"], ref_loss.item())
+        ref_norm = torch.sqrt(sum((g.double() ** 2).sum() for n, g in ref_grads.items())).item()
+        assert abs(metrics["policy/grad_norm"] - ref_norm) < 1e-4 * max(1.0, ref_norm), (metrics, ref_norm)  # fp32 sum
+        print(f"GRADNORM tp={tp} pp={pp} dp={policy.dp_size} megatron={metrics['policy/grad_norm']:.6f} "
+              f"hf={ref_norm:.6f}")
+        if not distributed_optimizer or policy.dp_size == 1:
+            worst = 0.0
+            for name, grad in convert.export_hf(policy.model, gradients=True):
+                worst = max(worst, (grad.float() - ref_grads[name]).abs().max().item())
+            assert worst < 1e-5, f"gradients differ from HF's by {worst}"
+            print(f"GRADS tp={tp} pp={pp} max_abs_err={worst:.2e}")
+    finally:
+        runtime.shutdown()
+
+
+def train_steps(*, tmp: str, tp: int, steps: int, resume: bool, save_at: int, tag: str) -> None:
+    """Train on deterministic batches; optionally resume from the checkpoint; dump params and metrics."""
+    from megatron_ext.policy import MegatronPolicy, OptimizerSettings, PolicyConfig
+
+    root = Path(tmp)
+    runtime.initialize(tensor_parallel=tp, seed=0)
+    try:
+        path = _shared_hf_model("llama", root, vocab_size=1000)
+        policy = MegatronPolicy(PolicyConfig(model=str(path), optim=OptimizerSettings(lr=1e-3, warmup_steps=2),
+                                             micro_batch_size=2, max_seq_len=64))
+        cursor = policy.load(root / "ckpt")["cursor"] if resume else 0
+        history = []
+        while cursor < steps:
+            m = policy.train_step(_rl_batch(100 + cursor))
+            cursor += 1
+            history.append({k: v for k, v in m.items()})
+            if cursor == save_at:
+                policy.save(root / "ckpt", extra={"cursor": cursor})
+        if dist.get_rank() == 0:
+            torch.save({"params": policy.parameters_fp32(), "history": history, "step": policy.step},
+                       root / f"{tag}.pt")
+    finally:
+        runtime.shutdown()
+
+
+def policy_reshard_logits(*, tmp: str, tp: int) -> None:
+    """A policy checkpoint (saved at another TP) loads at this TP with the same logits as saved."""
+    from megatron_ext.policy import MegatronPolicy, PolicyConfig
+
+    root = Path(tmp)
+    runtime.initialize(tensor_parallel=tp, seed=0)
+    try:
+        policy = MegatronPolicy(PolicyConfig(model=str(root / "hf-llama"), max_seq_len=64))
+        policy.load(root / "ckpt")
+        ids = torch.randint(0, 1000, (2, 13), generator=torch.Generator().manual_seed(3))
+        out = models.logits(policy.model, ids)
+        if dist.get_rank() == 0:
+            torch.save(out, root / f"logits-tp{tp}.pt")
+    finally:
+        runtime.shutdown()
+
+
 if __name__ == "__main__":
     import faulthandler
     import os
