@@ -407,6 +407,8 @@ class ClusterConfig:
     """Nodes of the job."""
     gpus_per_node: int = 1
     """Ranks per node: GPUs on a GPU cluster, CPU processes on a CPU box."""
+    accelerator: Literal["gpu", "cpu"] = "gpu"
+    """"gpu": one rank per GPU, NCCL; "cpu": CPU ranks over gloo (no GPUs are requested from Slurm)."""
     account: str = "prefixrl"
     """Slurm account (sbatch --account)."""
     partition: str | None = None
@@ -417,6 +419,7 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         _at_least("cluster.num_nodes", self.num_nodes, 1)
         _at_least("cluster.gpus_per_node", self.gpus_per_node, 1)
+        _one_of("cluster.accelerator", self.accelerator, ("gpu", "cpu"))
         parts = self.time_limit.split(":")
         if len(parts) != 3 or not all(p.isdigit() for p in parts):
             raise ValueError(f"cluster.time_limit={self.time_limit!r} is not HH:MM:SS, e.g. 04:00:00")
