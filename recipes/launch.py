@@ -152,9 +152,9 @@ def launch(
             exp.dryrun()
             return exp_id
         exp.run(sequential=True, detach=not wait)
-        if wait:
-            states = [str(job.state) for job in exp.jobs]
-            if any("SUCCEEDED" not in s for s in states):
-                logs = Path(get_nemorun_home()) / "experiments" / cfg.run_name / exp_id
-                raise RuntimeError(f"{recipe_name} via {executor} ended with {states}; logs under {logs}")
-        return exp_id
+    # Leaving the `with` block is where nemo-run waits for the task (unless detached).
+    states = [str(job.state) for job in exp.jobs]
+    if wait and any("SUCCEEDED" not in s for s in states):
+        logs = Path(get_nemorun_home()) / "experiments" / cfg.run_name / exp_id
+        raise RuntimeError(f"{recipe_name} via {executor} ended with {states}; logs under {logs}")
+    return exp_id
