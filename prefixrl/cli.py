@@ -1,7 +1,14 @@
 """The `prefixrl` command line: one subcommand per stage of the pipeline.
 
+    prefixrl select-hard problems=train.jsonl model=/models/base out=hard.jsonl k=512
+    prefixrl sample problems=hard.jsonl model=/models/base out_dir=traces rank=0 world_size=8
+    prefixrl prefixes problems=hard.jsonl traces=traces tokenizer=/models/base out=pool.jsonl
+    prefixrl train --recipe prefixrl_tiny_cpu_1n1c [--out DIR] [key=value ...]
+    prefixrl eval problems=heldout.jsonl model=/models/base num_samples=256
+    prefixrl launch prefixrl_tiny_cpu_1n2c --executor torchrun [--dryrun] [key=value ...]
     prefixrl convert hf-to-megatron SRC DST --tp 2 --pp 1
     prefixrl convert megatron-to-hf SRC DST
+    prefixrl demo --out runs/demo
 
 Heavy libraries (megatron, vllm) are imported inside the subcommand that needs them, never at import time.
 """
@@ -12,6 +19,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -96,7 +104,175 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_demo)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert, _add_demo]
+def _table(title: str, rows: Sequence[tuple[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("what")
+    table.add_column("value")
+    for what, value in rows:
+        table.add_row(what, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def _bar(desc: str, total: int | None = None) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="prompt", dynamic_ncols=True)
+
+
+def _stage_parser(sub: argparse._SubParsersAction, name: str, settings: type, *, help: str, example: str) -> Any:
+    from prefixrl.config import describe_fields
+
+    p = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=f"{settings.__doc__}\n\n  {example}",
+                       epilog="settings (key=value):\n" + describe_fields(settings))  # fmt: skip
+    p.add_argument("settings", nargs="*", metavar="key=value", help="settings listed below")
+    p.set_defaults(settings_cls=settings)
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from prefixrl.config import settings_from_args
+
+    return settings_from_args(args.settings_cls, args.settings)
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from prefixrl.stages import run_sample
+
+    s = _settings(args)
+    with _bar(f"sampling (rank {s.rank}/{s.world_size})") as bar:
+        counts = run_sample(s, progress=bar.update)
+    _table(f"prefixrl sample -> {s.out_dir}", list(counts.items()))
+
+
+def _select_hard(args: argparse.Namespace) -> None:
+    from prefixrl.data import ProblemSetConfig, load_problems
+    from prefixrl.stages import run_select_hard
+
+    s = _settings(args)
+    with _bar(f"pass@{s.k}", total=len(load_problems(ProblemSetConfig(path=s.problems)))) as bar:
+        sel = run_select_hard(s, progress=bar.update)
+    rows = [(f"pass rate {label}", n) for label, n in sel.histogram.items()]
+    _table(f"prefixrl select-hard: pass@{sel.k} histogram", rows)
+    _table("prefixrl select-hard", [("problems", len(sel.num_correct)), ("hard (0 of k correct)", len(sel.hard_ids)),
+                                     ("written to", s.out)])
+
+
+def _prefixes(args: argparse.Namespace) -> None:
+    from prefixrl.stages import run_prefixes
+
+    s = _settings(args)
+    stats = run_prefixes(s)
+    mean_cut = sum(stats.cut_fracs) / len(stats.cut_fracs) if stats.cut_fracs else float("nan")
+    _table(f"prefixrl prefixes -> {s.out}", [
+        ("prefixed / unprefixed prompts", f"{stats.num_prefixed} / {stats.num_unprefixed}"),
+        ("problems without a trace", stats.num_problems_without_trace), ("skipped: too long", stats.num_skipped_too_long),
+        ("cross-family traces", stats.num_cross_family), ("mean cut fraction", mean_cut)])  # fmt: skip
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from prefixrl.data import ProblemSetConfig, load_problems
+    from prefixrl.stages import run_eval
+
+    s = _settings(args)
+    n = len(load_problems(ProblemSetConfig(path=s.problems)))
+    with _bar("eval", total=min(n, s.num_problems or n)) as bar:
+        report = run_eval(s, progress=bar.update)
+    _table(f"prefixrl eval: {s.model}", [(f"pass@{k}", v) for k, v in report.pass_at_k.items()])
+
+
+def _add_stages(sub: argparse._SubParsersAction) -> None:
+    from prefixrl import stages
+
+    _stage_parser(sub, "sample", stages.SampleSettings, help="rejection-sample correct traces (resumable, sharded)",
+                  example="prefixrl sample problems=hard.jsonl model=/models/base out_dir=traces cap=2500 rank=0 "
+                  "world_size=8").set_defaults(func=_sample)
+    _stage_parser(sub, "select-hard", stages.SelectHardSettings, help="keep problems with pass@k = 0; histogram",
+                  example="prefixrl select-hard problems=train.jsonl model=/models/base out=hard.jsonl k=512"
+                  ).set_defaults(func=_select_hard)
+    _stage_parser(sub, "prefixes", stages.PrefixesSettings, help="cut traces into the prefixed training pool",
+                  example="prefixrl prefixes problems=hard.jsonl traces=traces tokenizer=/models/base out=pool.jsonl"
+                  ).set_defaults(func=_prefixes)
+    _stage_parser(sub, "eval", stages.EvalSettings, help="unprefixed pass@k of a model on a problem file",
+                  example="prefixrl eval problems=heldout.jsonl model=/models/base num_samples=256"
+                  ).set_defaults(func=_eval)
+
+
+def _train(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from prefixrl.config import apply_overrides, to_dict
+    from prefixrl.train import FINISHED, main as train_main
+    from recipes.prefixrl import get_recipe
+
+    overrides = [*args.overrides, *([f"logging.out_dir={args.out}"] if args.out else [])]
+    cfg = apply_overrides(get_recipe(args.recipe)(), overrides)
+    train_main(to_dict(cfg))
+    done = Path(cfg.logging.out_dir) / FINISHED
+    if not done.exists():
+        print(f"prefixrl train: stopped before step {cfg.steps}; rerun the same command to resume from "
+              f"{cfg.checkpoint.dir or Path(cfg.logging.out_dir) / 'checkpoints'}")
+        return
+    summary = json.loads(done.read_text())
+    pre, unp = summary["reward_prefixed_first_last"], summary["reward_unprefixed_first_last"]
+    _table(f"prefixrl train {cfg.run_name}", [
+        ("steps (resumed from)", f"{summary['steps']} ({summary['resumed_from']})"), ("pool size", summary["pool_size"]),
+        ("reward/prefixed first -> last", f"{pre[0]:.3f} -> {pre[1]:.3f}"),
+        ("reward/unprefixed first -> last", f"{unp[0]:.3f} -> {unp[1]:.3f}"),
+        *[(k, v) for k, v in summary["eval_last"].items()],
+        ("max mismatch/token_mult_prob_error", summary["mismatch_max"]), ("total FLOPs", summary["flops_total"]),
+        ("outputs", f"{cfg.logging.out_dir}/metrics.jsonl, curves.png, tb/, checkpoints/")])  # fmt: skip
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from prefixrl.config import TrainConfig, describe
+
+    p = sub.add_parser(
+        "train", help="PrefixRL training from a recipe plus dotted overrides", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run PrefixRL in this process: Megatron-Core policy + colocated vLLM engine (world size 1). The "
+        "config is the recipe with dotted key=value overrides applied (a typo fails with the closest key). Outputs "
+        "in logging.out_dir: config.json, metrics.jsonl, tb/, checkpoints/, curves.png and `finished`. Rerunning "
+        "resumes from the latest checkpoint (checkpoint.resume=auto); SIGUSR1/SIGTERM checkpoint and exit 0; a "
+        "finished run directory is refused. With data.problems=None (the tiny recipes) the synthetic task, its "
+        "tokenizer, base model and traces are prepared under <out_dir>/synthetic first.\n\n"
+        "  prefixrl train --recipe prefixrl_tiny_cpu_1n1c --out runs/tiny steps=10 rollout.n=4",
+        epilog="config keys (defaults; recipes change some):\n" + describe(TrainConfig()))  # fmt: skip
+    p.add_argument("--recipe", required=True, help="recipe name (recipes/prefixrl.py), e.g. prefixrl_tiny_cpu_1n1c")
+    p.add_argument("--out", help="shorthand for logging.out_dir=DIR")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. rollout.n=16")
+    p.set_defaults(func=_train)
+
+
+def _launch(args: argparse.Namespace) -> None:
+    from recipes.launch import launch
+
+    exp_id = launch(args.recipe, executor=args.executor, dryrun=args.dryrun, overrides=args.overrides,
+                    wait=not args.detach)  # fmt: skip
+    _table("prefixrl launch", [("recipe", args.recipe), ("executor", args.executor), ("experiment", exp_id),
+                               ("mode", "dry run (printed, nothing ran)" if args.dryrun else
+                                "submitted" if args.detach else "finished")])  # fmt: skip
+
+
+def _add_launch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "launch", help="run a recipe through nemo-run (local, torchrun or Slurm)",
+        description="Build RECIPE, apply the overrides, and run `prefixrl.train:main` through a nemo-run executor: "
+        "local (one process), torchrun (this machine, cluster.gpus_per_node ranks) or slurm (sbatch; set "
+        "cluster.account / cluster.partition). --dryrun prints what would run.")  # fmt: skip
+    p.add_argument("recipe", help="recipe name (recipes/prefixrl.py)")
+    p.add_argument("--executor", choices=["local", "torchrun", "slurm"], required=True)
+    p.add_argument("--dryrun", action="store_true", help="print the task and executor, run nothing")
+    p.add_argument("--detach", action="store_true", help="return once submitted instead of waiting (slurm)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.set_defaults(func=_launch)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_stages, _add_train, _add_launch, _add_convert, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,12 +11,16 @@ The policy and the engine are any objects with the methods below: `megatron_ext.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
+import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -26,6 +30,9 @@ from prefixrl.engine.mismatch import MismatchGate, mismatch_metrics
 from prefixrl.flops import FlopCounter
 from prefixrl.protocols import Tokenizer, Verifier
 from prefixrl.records import FinishReason, PrefixedProblem, Rollout, RolloutGroup
+
+if TYPE_CHECKING:
+    from prefixrl.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +145,14 @@ def check_weights(policy: Policy, batch: RLBatch, gate: MismatchGate) -> dict[st
 def rl_loop(*, policy: Policy, engine: Engine, pool: Sequence[PrefixedProblem], s: LoopSettings,
             tokenizer: Tokenizer, verifier: Verifier, flops: FlopCounter, gate: MismatchGate, start_step: int = 0,
             log: Callable[[int, dict[str, float]], None] = lambda step, m: None,
-            save: Callable[[int], None] = lambda step: None) -> list[dict[str, float]]:
-    """Stage 2 of PrefixRL: plain on-policy RL over the pool of prefixed and unprefixed prompts."""
+            save: Callable[[int], None] = lambda step: None,
+            evaluate: Callable[[int], dict[str, float]] = lambda step: {},
+            should_stop: Callable[[], bool] = lambda: False) -> list[dict[str, float]]:
+    """Stage 2 of PrefixRL: plain on-policy RL over the pool of prefixed and unprefixed prompts.
+
+    After each step: `evaluate(step)` adds its metrics (it decides whether this step evaluates), `log` records them,
+    and `save(step)` runs every `checkpoint_every` steps, at the last step, and when `should_stop()` turns true (a
+    preemption signal), after which the loop returns early."""
     estimator = adv.get_estimator(s.estimator)
     history = []
     for step in range(start_step, s.steps):
@@ -160,8 +173,121 @@ def rl_loop(*, policy: Policy, engine: Engine, pool: Sequence[PrefixedProblem], 
         flops.add_training(seq_tokens)
         metrics.update({"timing/generate": t1 - t0, "timing/train": t3 - t2, "timing/other": t2 - t1,
                         "flops/total": flops.total(include_sourcing=True), "step": step + 1})
+        metrics.update(evaluate(step + 1))
         history.append(metrics)
         log(step + 1, metrics)
-        if s.checkpoint_every and (step + 1) % s.checkpoint_every == 0:
+        stop = should_stop()
+        if stop or step + 1 == s.steps or (s.checkpoint_every and (step + 1) % s.checkpoint_every == 0):
             save(step + 1)
+        if stop:
+            logger.warning("stop requested: checkpointed step %d of %d and leaving the loop", step + 1, s.steps)
+            break
     return history
+
+
+# ----------------------------------------------------------------------------------------------------- the entry
+FINISHED = "finished"
+"""Marker (holding the run summary as JSON) written when a run completes all its steps; such a directory is refused."""
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+"""Signals that make the run checkpoint at the end of the current step and exit 0 (slurm/prefixrl.sbatch sends
+SIGUSR1 before the time limit and requeues the job)."""
+
+
+class StopRequest:
+    """Context manager: while active, the signals in STOP_SIGNALS set a flag instead of killing the process."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            logger.warning("received %s: checkpointing at the end of this step, then exiting",
+                           signal.Signals(signum).name)  # fmt: skip
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run_paths(cfg: TrainConfig) -> tuple[Path, Path]:
+    """(run directory, checkpoint directory) of a config."""
+    out = Path(cfg.logging.out_dir)
+    return out, Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else out / "checkpoints"
+
+
+def check_run_dir(cfg: TrainConfig) -> bool:
+    """Apply checkpoint.resume to the run directory before anything heavy starts; returns whether to resume.
+
+    A directory with a finished run is always refused (never overwritten silently)."""
+    out, ckpt = run_paths(cfg)
+    if (out / FINISHED).exists():
+        raise FileExistsError(f"{out} holds a finished run ({out / FINISHED}); choose a new logging.out_dir, or "
+                              f"delete {out / FINISHED} to extend that run with more steps")  # fmt: skip
+    has_ckpt = any((p / "complete").exists() for p in ckpt.glob("iter_*")) if ckpt.exists() else False
+    if cfg.checkpoint.resume == "must" and not has_ckpt:
+        raise FileNotFoundError(f"checkpoint.resume=must but {ckpt} holds no complete checkpoint; set "
+                                "checkpoint.resume=auto to start fresh")  # fmt: skip
+    if cfg.checkpoint.resume == "never" and has_ckpt:
+        raise FileExistsError(f"checkpoint.resume=never but {ckpt} already holds checkpoints of an unfinished run; "
+                              "choose a new logging.out_dir or set checkpoint.resume=auto to continue it")  # fmt: skip
+    if not has_ckpt and (out / "metrics.jsonl").exists() and cfg.checkpoint.resume == "auto":
+        logger.warning("%s has metrics but no checkpoint: the run starts from step 0 and its metrics are replaced", out)
+    return has_ckpt
+
+
+def main(cfg_dict: dict[str, Any]) -> None:
+    """Entry of `prefixrl train` and of nemo-run tasks: one PrefixRL run from a `prefixrl.config.to_dict` dict.
+
+    One process: Megatron (TP = PP = 1) and the colocated in-process vLLM engine. Writes to logging.out_dir:
+    config.json, metrics.jsonl (+ tb/ and curves.png), checkpoints/ (every checkpoint.every_steps, at the end and on
+    SIGUSR1/SIGTERM), and `finished` (the summary) when all steps are done. Resumes per checkpoint.resume.
+    """
+    from megatron_ext import runtime
+    from prefixrl.config import from_dict
+
+    cfg = from_dict(cfg_dict)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg.check(world)
+    if world != 1:
+        raise ValueError(
+            f"prefixrl train runs Megatron and the colocated vLLM engine in one process; launched with {world} ranks. "
+            "Supported layout: world size 1 (cluster.num_nodes=1 cluster.gpus_per_node=1, parallel.tensor_parallel=1"
+            ", parallel.pipeline_parallel=1), e.g. --recipe prefixrl_tiny_cpu_1n1c. Multi-rank colocation (one vLLM "
+            "engine per rank through vLLM's external_launcher backend) is not wired into the trainer yet"
+        )
+    resume = check_run_dir(cfg)
+    out, _ = run_paths(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_config(out, cfg, resume=resume)
+    with StopRequest() as stop:
+        runtime.initialize(tensor_parallel=cfg.parallel.tensor_parallel,
+                           pipeline_parallel=cfg.parallel.pipeline_parallel, seed=cfg.seed)  # fmt: skip
+        try:
+            from prefixrl.session import run
+
+            run(cfg, resume=resume, should_stop=stop)
+        finally:
+            runtime.shutdown()
+
+
+def _write_config(out: Path, cfg: TrainConfig, *, resume: bool) -> None:
+    from prefixrl.config import to_dict
+
+    path = out / "config.json"
+    new = to_dict(cfg)
+    if resume and path.exists():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            logger.warning("resuming with config sections changed since the last start: %s", changed)
+    path.write_text(json.dumps(new, indent=2) + "\n")

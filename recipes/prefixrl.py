@@ -80,12 +80,13 @@ def prefixrl_llama31_70b_8n8g_fp8() -> TrainConfig:
 
 
 def _tiny(*, name: str, ranks: int, tensor_parallel: int) -> TrainConfig:
-    """CPU sizes: short arithmetic chains need ~100 new tokens; small batches keep a step at seconds."""
+    """CPU sizes: short arithmetic chains need ~100 new tokens; small batches keep a step at seconds. data.problems
+    stays None: `prefixrl train` prepares the synthetic task (tokenizer, SFT'd tiny-llama base, traces) itself."""
     return _base(
         name=name, model="tiny-llama", num_nodes=1, gpus_per_node=ranks, tensor_parallel=tensor_parallel,
         accelerator="cpu",
         overrides=[
-            "steps=40", f"model.tokenizer=runs/{name}/tokenizer.model", "data.verifier=arith",
+            "steps=40", "data.verifier=arith", "optim.micro_batch_size=64",
             "rollout.prompts_per_step=16", "rollout.max_new_tokens=128", "rollout.max_model_len=256",
             "rollout.kv_cache_gib=1", "optim.lr=5e-5", "optim.warmup_steps=2", "optim.max_seq_len=256",
             "eval.every_steps=10", "eval.num_samples=8", "eval.max_new_tokens=128", "eval.num_problems=64",
