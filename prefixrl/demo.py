@@ -39,7 +39,7 @@ class DemoSettings:
     """Samples per problem for hard-problem selection (pass@k)."""
     source_cap: int = 64
     """Rejection-sampling attempts per problem."""
-    rl_steps: int = 30
+    rl_steps: int = 20
     """PrefixRL steps."""
     prompts_per_step: int = 16
     """Prompts (groups) per RL step."""
@@ -47,7 +47,7 @@ class DemoSettings:
     """Completions per prompt."""
     eval_samples: int = 8
     """Samples per problem for unprefixed pass@k before/after."""
-    rl_lr: float = 5e-4
+    rl_lr: float = 2e-4
     """PrefixRL learning rate."""
     seed: int = 0
     """Seed of everything."""
@@ -110,8 +110,8 @@ def run_demo(out_dir: str | os.PathLike, *, s: DemoSettings = DemoSettings()) ->
         t = time.perf_counter()
         policy = MegatronPolicy(PolicyConfig(model=str(base_dir), micro_batch_size=s.prompts_per_step * s.n,
                                              max_seq_len=512, optim=OptimizerSettings(lr=s.rl_lr, warmup_steps=2)))
-        settings = LoopSettings(steps=s.rl_steps, prompts_per_step=s.prompts_per_step, n=s.n, max_new_tokens=s.max_new_tokens,
-                                seed=s.seed)
+        settings = LoopSettings(steps=s.rl_steps, prompts_per_step=s.prompts_per_step, n=s.n,
+                                max_new_tokens=SYNTHETIC_GEN_TOKENS, seed=s.seed)
         log_file = (out / "metrics.jsonl").open("a")
 
         def log(step: int, m: dict[str, float]) -> None:
