@@ -83,7 +83,7 @@ def _print_summary(summary: dict, out: str) -> None:
         for k in sorted(b, key=int):
             rows.append((f"{split} pass@{k} before -> after", f"{b[k]:.3f} -> {a[k]:.3f}"))
     rows += [("max mismatch/token_mult_prob_error", f"{summary['mismatch_max']:.5f}"),
-             ("total FLOPs (sourcing included)", f"{summary['flops'].get('total', 0):.3g}"),
+             ("total FLOPs (sourcing included)", f"{summary['flops_total']:.3g}"),
              ("wall time", f"{summary['total_s']:.0f} s")]
     for row in rows:
         table.add_row(*row)

@@ -39,7 +39,7 @@ class DemoSettings:
     """Samples per problem for hard-problem selection (pass@k)."""
     source_cap: int = 64
     """Rejection-sampling attempts per problem."""
-    rl_steps: int = 20
+    rl_steps: int = 30
     """PrefixRL steps."""
     prompts_per_step: int = 16
     """Prompts (groups) per RL step."""
@@ -47,7 +47,7 @@ class DemoSettings:
     """Completions per prompt."""
     eval_samples: int = 8
     """Samples per problem for unprefixed pass@k before/after."""
-    rl_lr: float = 2e-4
+    rl_lr: float = 5e-4
     """PrefixRL learning rate."""
     seed: int = 0
     """Seed of everything."""
@@ -143,7 +143,8 @@ def run_demo(out_dir: str | os.PathLike, *, s: DemoSettings = DemoSettings()) ->
         "reward_prefixed_first_last": first_last(history, "reward/prefixed"),
         "reward_unprefixed_first_last": first_last(history, "reward/unprefixed"),
         "mismatch_max": max(h.get("mismatch/token_mult_prob_error", 1.0) for h in history),
-        "flops": flops.to_dict(), "timings_s": timings, "total_s": time.perf_counter() - t_start,
+        "flops": flops.to_dict(), "flops_total": flops.total(include_sourcing=True), "timings_s": timings,
+        "total_s": time.perf_counter() - t_start,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     write_plots(out / "curves.png", history)

@@ -130,8 +130,12 @@ def synthetic_task(seed: int) -> tuple[Any, dict[str, list[Problem]], Any]:
 
 
 def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], task_cfg: Any, *, steps: int,
-                   batch: int, seed: int) -> tuple[Path, list[float]]:
-    """Random-init the tiny model (out/init), SFT it on worked solutions of all levels, export it to out/base."""
+                   batch: int, seed: int, solutions_per_problem: int = 1) -> tuple[Path, list[float]]:
+    """Random-init the tiny model (out/init), SFT it on worked solutions of all levels, export it to out/base.
+
+    One (left-to-right) worked order per problem by default: a 4-layer model learns to copy terms in order far
+    faster than to track which terms a random order has used, and the verifier still accepts any chain.
+    """
     import torch
 
     from megatron_ext import convert, models
@@ -150,8 +154,8 @@ def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], 
         optim=OptimizerSettings(lr=3e-3, min_lr=3e-4, warmup_steps=min(20, steps), decay_steps=steps,
                                 lr_schedule="cosine", weight_decay=0.0)))  # fmt: skip
     fmt = prompt_formatter(tokenizer)
-    examples = sft_examples(splits["train_easy"] + splits["train_medium"] + splits["train_hard"], per_problem=2,
-                            cfg=task_cfg)  # fmt: skip
+    examples = sft_examples(splits["train_easy"] + splits["train_medium"] + splits["train_hard"],
+                            per_problem=solutions_per_problem, cfg=task_cfg)  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     losses = []
     for step in range(steps):
