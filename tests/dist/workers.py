@@ -204,6 +204,44 @@ def policy_reshard_logits(*, tmp: str, tp: int) -> None:
         runtime.shutdown()
 
 
+def policy_step_and_export(*, tmp: str, tp: int, pp: int, family: str) -> None:
+    """One optimizer step at this layout, then the weight-sync stream written as an HF checkpoint + a policy save."""
+    from megatron_ext.policy import MegatronPolicy, OptimizerSettings, PolicyConfig
+
+    root = Path(tmp)
+    runtime.initialize(tensor_parallel=tp, pipeline_parallel=pp, seed=0)
+    try:
+        path = _shared_hf_model(family, root, vocab_size=1000)
+        policy = MegatronPolicy(PolicyConfig(model=str(path), optim=OptimizerSettings(lr=1e-2, warmup_steps=0),
+                                             max_seq_len=64))
+        policy.train_step(_rl_batch(0))
+        convert.save_hf_checkpoint(policy.export_hf(), policy.spec, root / "after", write=dist.get_rank() == 0)
+        policy.save(root / "ckpt")
+    finally:
+        runtime.shutdown()
+
+
+def policy_score(*, tmp: str, tp: int, pp: int, family: str) -> None:
+    """Score the engine's sampled tokens with the stepped policy; compare with the engine's log-probs."""
+    from megatron_ext.policy import MegatronPolicy, PolicyConfig
+    from prefixrl.batching import RLBatch
+
+    root = Path(tmp)
+    runtime.initialize(tensor_parallel=tp, pipeline_parallel=pp, seed=0)
+    try:
+        sampled = json.loads((root / "engine.json").read_text())
+        policy = MegatronPolicy(PolicyConfig(model=str(root / f"hf-{family}"), max_seq_len=64))
+        policy.load(root / "ckpt")
+        batch = RLBatch.from_lists(sampled["prompts"], sampled["completions"], [0.0] * len(sampled["prompts"]),
+                                   old_logprobs=sampled["logprobs"])
+        trainer_BT = policy.logprobs(batch)
+        err = ((trainer_BT - batch.old_logprobs_BT) * batch.loss_mask_BT).abs().max().item()
+        assert err < 1e-4, f"engine vs Megatron log-probs differ by {err} after a step + sync"
+        print(f"SYNC {family} tp={tp} pp={pp} max_abs_logprob_diff={err:.2e}")
+    finally:
+        runtime.shutdown()
+
+
 if __name__ == "__main__":
     import faulthandler
     import os
