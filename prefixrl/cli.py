@@ -58,7 +58,7 @@ def _demo(args: argparse.Namespace) -> None:
     settings = DemoSettings()
     if args.quick:
         settings = replace(settings, sft_steps=40, hard_pool=16, source_cap=16, rl_steps=3, prompts_per_step=4,
-                           eval_samples=2, select_k=2)
+                           eval_samples=2, select_k=2, traces="sourced+oracle")
     summary = run_demo(args.out, s=settings)
     _print_summary(summary, args.out)
 

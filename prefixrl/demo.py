@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ class DemoSettings:
     """PrefixRL learning rate."""
     seed: int = 0
     """Seed of everything."""
+    traces: Literal["sourced", "sourced+oracle"] = "sourced"
+    """Where traces come from: rejection sampling only, or (smoke runs) the task's worked solution for problems that
+    rejection sampling left unsolved."""
 
 
 def run_demo(out_dir: str | os.PathLike, *, s: DemoSettings = DemoSettings()) -> dict[str, Any]:
@@ -82,7 +85,7 @@ def run_demo(out_dir: str | os.PathLike, *, s: DemoSettings = DemoSettings()) ->
     runtime.initialize(tensor_parallel=1, seed=s.seed)
     try:
         # Task + tokenizer, SFT base model, engine, hard-problem selection, rejection sampling (prefixrl.pipeline).
-        syn = prepare_synthetic(out, s=s, traces="sourced")
+        syn = prepare_synthetic(out, s=s, traces=s.traces)
         tokenizer, splits, base_dir, engine, select, hard = (syn.tokenizer, syn.splits, syn.base_dir, syn.engine,
                                                              syn.select, syn.hard)
         sft_losses = syn.sft_losses
@@ -93,6 +96,8 @@ def run_demo(out_dir: str | os.PathLike, *, s: DemoSettings = DemoSettings()) ->
         flops = FlopCounter(num_params=num_params(base_dir, include_embeddings=False))
         charge_sourcing(flops, read_progress(syn.traces_dir)[0])
         traces = load_traces(syn.traces_dir, problems=hard, verifier=verifier)
+        if syn.oracle_traces_dir.exists():
+            traces += load_traces(syn.oracle_traces_dir, problems=hard, verifier=verifier)
 
         # Prefix pool: 3 cuts per trace in [0.4, 0.8] + 1 unprefixed copy (3:1).
         pool, pool_stats = build_pool(hard, traces, strategy=FixedRandomCuts(cfg=CutConfig(seed=s.seed)),

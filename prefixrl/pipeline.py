@@ -214,6 +214,11 @@ class SyntheticData:
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
+    def oracle_traces_dir(self) -> Path:
+        """Worked-solution traces for problems rejection sampling left unsolved ("sourced+oracle" only)."""
+        return self.out / "oracle_traces"
+
+    @property
     def problems_file(self) -> Path:
         return self.out / "problems.jsonl"
 
@@ -227,7 +232,7 @@ class SyntheticData:
 
 
 def prepare_synthetic(out: str | os.PathLike, *, s: DemoSettings,
-                      traces: Literal["sourced", "oracle"] = "sourced") -> SyntheticData:
+                      traces: Literal["sourced", "oracle", "sourced+oracle"] = "sourced") -> SyntheticData:
     """Task + tokenizer -> SFT base model -> hard problems -> traces, into `out` (module docstring).
 
     Needs `megatron_ext.runtime.initialize()` first. Writes READY last; the caller decides whether to reuse a
@@ -271,6 +276,15 @@ def prepare_synthetic(out: str | os.PathLike, *, s: DemoSettings,
                                   max_tokens=SYNTHETIC_GEN_TOKENS, seed=s.seed),
                     syn.hard, generate_fn=generate, verifier=verifier, format_prompt=fmt)  # fmt: skip
         syn.timings["sourcing"] = time.perf_counter() - t
+        if traces == "sourced+oracle":  # smoke runs: a barely trained base may solve nothing within the cap
+            from prefixrl.sourcer import read_progress
+
+            progress, _ = read_progress(syn.traces_dir)
+            unsolved = [p for p in syn.hard if not (p.problem_id in progress and progress[p.problem_id].solved)]
+            write_oracle_traces(syn.oracle_traces_dir, unsolved, tokenizer=tokenizer, task_cfg=task_cfg,
+                                format_prompt=fmt)
+            logger.warning("%d of %d hard problems got the task's worked solution as their trace (no sampled trace)",
+                           len(unsolved), len(syn.hard))
     write_problems(syn.problems_file, syn.hard)
     write_problems(syn.heldout_file, splits["heldout_hard"])
     (out / READY).write_text(json.dumps({"traces": traces, "hard": len(syn.hard), "sft_steps": s.sft_steps}) + "\n")
