@@ -74,6 +74,24 @@ def check_batch(batch: RLBatch, *, dp_size: int, micro_batch_size: int, max_seq_
         )
 
 
+def budgeted_micro_batch_size(batch: RLBatch, *, dp_size: int, micro_batch_size: int,
+                              max_tokens_per_microbatch: int | None) -> int:
+    """The micro-batch size under a token budget: at most micro_batch_size sequences and at most
+    max_tokens_per_microbatch padded tokens (sequences x the batch's longest sequence), rounded down to a divisor of
+    the per-rank sequence count. The same on every rank (it depends on the full batch only)."""
+    if max_tokens_per_microbatch is None:
+        return micro_batch_size
+    longest = int(batch.seq_lens_B.max())
+    if longest > max_tokens_per_microbatch:
+        raise ValueError(f"a {longest}-token sequence does not fit max_tokens_per_microbatch="
+                         f"{max_tokens_per_microbatch}; raise the budget to at least {longest}")
+    per_rank = batch.tokens_BT.shape[0] // dp_size
+    mbs = max(1, min(micro_batch_size, max_tokens_per_microbatch // longest, per_rank))
+    while per_rank % mbs:
+        mbs -= 1
+    return mbs
+
+
 def make_microbatches(batch: RLBatch, *, dp_rank: int, dp_size: int, micro_batch_size: int, max_seq_len: int,
                       same_length: bool) -> list[MicroBatch]:
     """This DP rank's micro-batches of `batch` (see the module docstring)."""

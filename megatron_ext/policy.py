@@ -85,7 +85,9 @@ class PolicyConfig:
     optim: OptimizerSettings = field(default_factory=OptimizerSettings)
     """Optimizer and LR schedule."""
     micro_batch_size: int = 1
-    """Sequences per micro-batch per DP rank."""
+    """Sequences per micro-batch per DP rank (an upper bound when max_tokens_per_microbatch is set)."""
+    max_tokens_per_microbatch: int | None = None
+    """Token budget of one micro-batch (sequences x longest sequence); None: micro_batch_size alone decides."""
     max_seq_len: int = 2048
     """Longest prompt + prefix + completion a batch may hold."""
     temperature: float = 1.0
@@ -155,9 +157,12 @@ class MegatronPolicy:
 
     # ------------------------------------------------------------------------------------------------ batches
     def _microbatches(self, batch: RLBatch) -> list[hooks.MicroBatch]:
-        return hooks.make_microbatches(batch, dp_rank=self.dp_rank, dp_size=self.dp_size,
-                                       micro_batch_size=self.cfg.micro_batch_size, max_seq_len=self.cfg.max_seq_len,
-                                       same_length=self.pp_size > 1)
+        hooks.check_batch(batch, dp_size=self.dp_size, micro_batch_size=self.cfg.micro_batch_size,
+                          max_seq_len=self.cfg.max_seq_len)
+        mbs = hooks.budgeted_micro_batch_size(batch, dp_size=self.dp_size, micro_batch_size=self.cfg.micro_batch_size,
+                                              max_tokens_per_microbatch=self.cfg.max_tokens_per_microbatch)
+        return hooks.make_microbatches(batch, dp_rank=self.dp_rank, dp_size=self.dp_size, micro_batch_size=mbs,
+                                       max_seq_len=self.cfg.max_seq_len, same_length=self.pp_size > 1)
 
     def _run_schedule(self, micro: list[hooks.MicroBatch], forward_step: Any, *, forward_only: bool) -> list[Any]:
         from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -165,7 +170,7 @@ class MegatronPolicy:
         return get_forward_backward_func()(
             forward_step_func=forward_step, data_iterator=iter(micro), model=self.model,
             num_microbatches=len(micro), seq_length=micro[0].tokens_BT.shape[1],
-            micro_batch_size=self.cfg.micro_batch_size, forward_only=forward_only,
+            micro_batch_size=micro[0].tokens_BT.shape[0], forward_only=forward_only,
             collect_non_loss_data=forward_only,
         )
 

@@ -44,6 +44,21 @@ def test_microbatch_invariance(hf_dir, megatron):
         assert abs(r["policy/grad_norm"] - results[0]["policy/grad_norm"]) < 1e-5
 
 
+def test_token_budget_sets_micro_batch_size_without_changing_the_step(hf_dir, megatron):
+    from megatron_ext.hooks import budgeted_micro_batch_size
+
+    batch = _batch()
+    longest = int(batch.seq_lens_B.max())
+    assert budgeted_micro_batch_size(batch, dp_size=1, micro_batch_size=4, max_tokens_per_microbatch=2 * longest) == 2
+    assert budgeted_micro_batch_size(batch, dp_size=1, micro_batch_size=4, max_tokens_per_microbatch=3 * longest) == 2
+    with pytest.raises(ValueError, match="raise the budget"):
+        budgeted_micro_batch_size(batch, dp_size=1, micro_batch_size=4, max_tokens_per_microbatch=longest - 1)
+    plain = _policy(hf_dir, micro_batch_size=4).train_step(batch)
+    budget = _policy(hf_dir, micro_batch_size=4, max_tokens_per_microbatch=longest).train_step(batch)
+    assert abs(plain["loss/total"] - budget["loss/total"]) < 1e-6
+    assert abs(plain["policy/grad_norm"] - budget["policy/grad_norm"]) < 1e-5
+
+
 def test_tokens_after_completion_have_no_influence(hf_dir, megatron):
     batch = _batch(1)
     altered = dataclasses.replace(batch, tokens_BT=batch.tokens_BT.clone())
