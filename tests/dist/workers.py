@@ -242,6 +242,44 @@ def policy_score(*, tmp: str, tp: int, pp: int, family: str) -> None:
         runtime.shutdown()
 
 
+def colocated_engine_sync(*, tmp: str, engine_tp: int) -> None:
+    """Megatron TP=2 and a vLLM engine in the same two torchrun processes (external_launcher): after an optimizer
+    step and a sync, every rank samples the same tokens and the policy's log-probs equal vLLM's."""
+    import os
+
+    from megatron_ext.policy import MegatronPolicy, OptimizerSettings, PolicyConfig
+    from prefixrl.batching import RLBatch
+    from prefixrl.engine.vllm import VLLMEngine
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    root = Path(tmp)
+    runtime.initialize(tensor_parallel=2, seed=0)
+    engine = None
+    try:
+        path = _shared_hf_model("qwen2", root, vocab_size=1000)
+        policy = MegatronPolicy(PolicyConfig(model=str(path), optim=OptimizerSettings(lr=1e-2, warmup_steps=0),
+                                             max_seq_len=64))
+        engine = VLLMEngine(path, tensor_parallel=engine_tp, max_model_len=64, seed=0,
+                            distributed_executor_backend="external_launcher")
+        policy.train_step(_rl_batch(0))
+        engine.update_weights(policy.export_hf())
+        prompt = [2, 17, 99, 250]
+        outs = engine.generate([prompt], n=4, max_tokens=8, seed=0)[0]
+        tokens = [c.token_ids for c in outs]
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, tokens)
+        assert all(g == tokens for g in gathered), "ranks sampled different tokens from the colocated engine"
+        batch = RLBatch.from_lists([prompt] * len(outs), tokens, [0.0] * len(outs),
+                                   old_logprobs=[c.logprobs for c in outs])
+        err = ((policy.logprobs(batch) - batch.old_logprobs_BT) * batch.loss_mask_BT).abs().max().item()
+        assert err < 1e-4, f"colocated engine vs Megatron log-probs differ by {err}"
+        print(f"COLOCATED megatron_tp=2 engine_tp={engine_tp} max_abs_logprob_diff={err:.2e}")
+    finally:
+        if engine is not None:
+            engine.shutdown()
+        runtime.shutdown()
+
+
 if __name__ == "__main__":
     import faulthandler
     import os

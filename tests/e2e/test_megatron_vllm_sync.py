@@ -34,3 +34,9 @@ def test_stepped_megatron_weights_sync_into_vllm(tp, pp, family, tmp_path):
                                                       "logprobs": logprobs}))
     out = run_workers("policy_score", tmp=str(tmp_path), tp=tp, pp=pp, family=family)
     assert f"SYNC {family} tp={tp} pp={pp}" in out
+
+
+def test_colocated_engine_inside_torchrun_ranks(tmp_path):
+    """vLLM's external_launcher backend inside the 2-rank Megatron TP=2 processes (the colocated multi-rank layout)."""
+    out = run_workers("colocated_engine_sync", tmp=str(tmp_path), engine_tp=2)
+    assert "COLOCATED megatron_tp=2 engine_tp=2" in out
