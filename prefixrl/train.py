@@ -262,8 +262,9 @@ def main(cfg_dict: dict[str, Any]) -> None:
         raise ValueError(
             f"prefixrl train runs Megatron and the colocated vLLM engine in one process; launched with {world} ranks. "
             "Supported layout: world size 1 (cluster.num_nodes=1 cluster.gpus_per_node=1, parallel.tensor_parallel=1"
-            ", parallel.pipeline_parallel=1), e.g. --recipe prefixrl_tiny_cpu_1n1c. Multi-rank colocation (one vLLM "
-            "engine per rank through vLLM's external_launcher backend) is not wired into the trainer yet"
+            ", parallel.pipeline_parallel=1), e.g. --recipe prefixrl_tiny_cpu_1n1c. Multi-rank colocation (Megatron "
+            "TP=2 + vLLM TP=2 through vLLM's external_launcher backend) works at the policy/engine level "
+            "(tests/e2e/test_megatron_vllm_sync.py) but is not wired into the trainer yet"
         )
     resume = check_run_dir(cfg)
     out, _ = run_paths(cfg)
