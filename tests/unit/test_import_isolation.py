@@ -6,7 +6,7 @@ import textwrap
 
 MODULES = [
     "advantages", "batching", "data", "evaluation", "flops", "hard", "losses", "prefixes", "protocols", "records",
-    "rewards", "shards", "sourcer", "cli", "config", "demo", "pipeline", "runlog", "session", "stages", "train",
+    "rewards", "shards", "sourcer", "cli", "config", "settings", "demo", "pipeline", "runlog", "session", "stages", "train",
 ]
 
 
