@@ -189,7 +189,7 @@ def logprob_forward_step(*, vocab_size: int, temperature: float) -> Callable:
         def collect(logits_BTVs: torch.Tensor, non_loss_data: bool = True):  # noqa: ANN202
             logprobs_BT = vocab_parallel_logprobs(logits_BTVs, mb.labels_BT, vocab_size=vocab_size,
                                                   temperature=temperature)
-            return mb.index_B, (logprobs_BT * (mb.labels_BT >= 0)).detach()
+            return mb.index_B, logprobs_BT.detach()
 
         return output, collect
 

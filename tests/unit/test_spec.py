@@ -38,7 +38,8 @@ def test_vocab_padding():
     assert spec.padded_vocab_size(tensor_parallel=1) == 512
     assert spec.padded_vocab_size(tensor_parallel=8) == 1024
     qwen = ModelSpec.from_pretrained(f"{SHARED}/Qwen3-8B")
-    assert qwen.padded_vocab_size(tensor_parallel=8) % (128 * 8) == 0 >= 0
+    padded = qwen.padded_vocab_size(tensor_parallel=8)
+    assert padded % (128 * 8) == 0 and 0 <= padded - qwen.vocab_size < 128 * 8
 
 
 def test_hf_config_roundtrip():
