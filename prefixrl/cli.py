@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -212,6 +213,8 @@ def _train(args: argparse.Namespace) -> None:
     overrides = [*args.overrides, *([f"logging.out_dir={args.out}"] if args.out else [])]
     cfg = apply_overrides(get_recipe(args.recipe)(), overrides)
     train_main(to_dict(cfg))
+    if os.environ.get("RANK", "0") != "0":
+        return  # rank 0 reports
     done = Path(cfg.logging.out_dir) / FINISHED
     if not done.exists():
         print(f"prefixrl train: stopped before step {cfg.steps}; rerun the same command to resume from "
@@ -233,13 +236,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train", help="PrefixRL training from a recipe plus dotted overrides", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run PrefixRL in this process: Megatron-Core policy + colocated vLLM engine (world size 1). The "
+        description="Run PrefixRL: Megatron-Core policy + colocated vLLM engine, in one process or in W torchrun ranks "
+        "(one engine with parallel.engine_tensor_parallel=W sharded over the same ranks). The "
         "config is the recipe with dotted key=value overrides applied (a typo fails with the closest key). Outputs "
         "in logging.out_dir: config.json, metrics.jsonl, tb/, checkpoints/, curves.png and `finished`. Rerunning "
         "resumes from the latest checkpoint (checkpoint.resume=auto); SIGUSR1/SIGTERM checkpoint and exit 0; a "
         "finished run directory is refused. With data.problems=None (the tiny recipes) the synthetic task, its "
         "tokenizer, base model and traces are prepared under <out_dir>/synthetic first.\n\n"
-        "  prefixrl train --recipe prefixrl_tiny_cpu_1n1c --out runs/tiny steps=10 rollout.n=4",
+        "  prefixrl train --recipe prefixrl_tiny_cpu_1n1c --out runs/tiny steps=10 rollout.n=4\n"
+        "  torchrun --nproc-per-node 2 -m prefixrl.cli train --recipe prefixrl_tiny_cpu_1n2c --out runs/tiny2",
         epilog="config keys (defaults; recipes change some):\n" + describe(TrainConfig()))  # fmt: skip
     p.add_argument("--recipe", required=True, help="recipe name (recipes/prefixrl.py), e.g. prefixrl_tiny_cpu_1n1c")
     p.add_argument("--out", help="shorthand for logging.out_dir=DIR")

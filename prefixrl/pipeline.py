@@ -100,8 +100,9 @@ def num_params(hf_dir: str | os.PathLike, *, include_embeddings: bool) -> int:
 
 # ------------------------------------------------------------------------------------------------ engine
 def build_engine(model_dir: str | os.PathLike, *, max_model_len: int, seed: int, kv_cache_gib: int | None = 1,
-                 tensor_parallel: int = 1, gpu_memory_utilization: float = 0.9) -> Any:
-    """The colocated in-process vLLM engine (`prefixrl.engine.vllm.VLLMEngine`) for a one-process run."""
+                 tensor_parallel: int = 1, gpu_memory_utilization: float = 0.9, external_launcher: bool = False) -> Any:
+    """The colocated vLLM engine (`prefixrl.engine.vllm.VLLMEngine`): in-process for a one-process run, or with
+    `external_launcher=True` one engine whose TP shards live in the torchrun ranks (call on every rank)."""
     import torch
 
     from prefixrl.engine.vllm import VLLMEngine
@@ -112,6 +113,7 @@ def build_engine(model_dir: str | os.PathLike, *, max_model_len: int, seed: int,
         kwargs = {"max_num_batched_tokens": 65536, "max_num_seqs": 1024}
     return VLLMEngine(model_dir, tensor_parallel=tensor_parallel, max_model_len=max_model_len, seed=seed,
                       kv_cache_gib=kv_cache_gib, gpu_memory_utilization=gpu_memory_utilization,
+                      distributed_executor_backend="external_launcher" if external_launcher else None,
                       engine_kwargs=kwargs)  # fmt: skip
 
 

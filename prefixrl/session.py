@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,44 @@ def resolve_data(cfg: TrainConfig, out: Path) -> RunData:
     return RunData(model_path=str(syn_dir / "base"), tokenizer_path=str(syn_dir / "tokenizer.model"),
                    problems_path=str(syn_dir / "problems.jsonl"), traces_dir=syn_dir / "traces",
                    eval_problems_path=d.eval_problems or str(syn_dir / "heldout.jsonl"), engine=engine)  # fmt: skip
+
+
+PREPARE_PROGRAM = """
+import sys
+from megatron_ext import runtime
+from prefixrl.demo import DemoSettings
+from prefixrl.pipeline import prepare_synthetic
+runtime.initialize(seed=int(sys.argv[2]))
+try:
+    syn = prepare_synthetic(sys.argv[1], s=DemoSettings(seed=int(sys.argv[2])), traces="sourced")
+    syn.engine.shutdown()
+finally:
+    runtime.shutdown()
+"""
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                 "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
+
+
+def prepare_synthetic_for_ranks(cfg: TrainConfig, out: Path, *, rank: int, timeout_s: float = 7200.0) -> None:
+    """Multi-rank runs with data.problems=None: rank 0 prepares out/synthetic in a separate one-process program
+    (SFT base + sourcing need a world of one); the other ranks wait for its READY marker. Call before
+    runtime.initialize. A failure on rank 0 raises there, and torchrun then stops the waiting ranks."""
+    import subprocess
+    import sys
+
+    syn_dir = out / SYNTHETIC_DIR
+    if (syn_dir / READY).exists():
+        return
+    if rank == 0:
+        logger.info("data.problems=None: rank 0 prepares the synthetic task under %s (a few minutes on CPU)", syn_dir)
+        env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV and not k.startswith("TORCHELASTIC")}
+        subprocess.run([sys.executable, "-c", PREPARE_PROGRAM, str(syn_dir), str(cfg.seed)], env=env, check=True)
+        return
+    deadline = time.monotonic() + timeout_s
+    while not (syn_dir / READY).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {rank}: rank 0 did not finish preparing {syn_dir} within {timeout_s:.0f} s")
+        time.sleep(2.0)
 
 
 def load_problems_file(cfg: TrainConfig, path: str) -> list[Problem]:
@@ -170,6 +209,7 @@ def prune_checkpoints(ckpt: Path, *, keep_last: int) -> None:
 
 def run(cfg: TrainConfig, *, resume: bool, should_stop: Callable[[], bool]) -> None:
     """The run (module docstring). Megatron's runtime must be initialised."""
+    import torch.distributed as dist
     from tqdm import tqdm
 
     from megatron_ext.spec import ModelSpec
@@ -183,9 +223,10 @@ def run(cfg: TrainConfig, *, resume: bool, should_stop: Callable[[], bool]) -> N
 
     t_start = time.perf_counter()
     check_supported(cfg)
+    rank, world = dist.get_rank(), dist.get_world_size()
     out, ckpt = run_paths(cfg)
     data = resolve_data(cfg, out)
-    cfg.check(1, spec=ModelSpec.from_pretrained(data.model_path))
+    cfg.check(world, spec=ModelSpec.from_pretrained(data.model_path))
     tokenizer = load_tokenizer(data.tokenizer_path)
     verifier, fmt = make_verifier(cfg.data.verifier), prompt_formatter(tokenizer, user_template=cfg.data.user_template)
     pool = build_pool(cfg, data, tokenizer=tokenizer, format_prompt=fmt, verifier=verifier)
@@ -202,7 +243,8 @@ def run(cfg: TrainConfig, *, resume: bool, should_stop: Callable[[], bool]) -> N
     r = cfg.rollout
     engine = data.engine or build_engine(data.model_path, max_model_len=r.max_model_len, seed=cfg.seed,
                                          kv_cache_gib=r.kv_cache_gib, tensor_parallel=cfg.parallel.engine_tensor_parallel,
-                                         gpu_memory_utilization=r.gpu_memory_utilization)  # fmt: skip
+                                         gpu_memory_utilization=r.gpu_memory_utilization,
+                                         external_launcher=world > 1)  # fmt: skip
     if start:
         sync_weights(policy, engine)  # the engine starts from model_path; give it the checkpoint's weights
 
@@ -210,8 +252,11 @@ def run(cfg: TrainConfig, *, resume: bool, should_stop: Callable[[], bool]) -> N
                      list({p.problem.problem_id: p.problem for p in pool if not p.is_prefixed}.values()))
     evaluate = make_evaluator(cfg, eval_problems, generate_fn=EngineGenerateFn(engine, tokenizer), verifier=verifier,
                               format_prompt=fmt)  # fmt: skip
-    sink = MetricsLog(out, jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard, resume_step=start)
-    bar = tqdm(total=cfg.steps, initial=start, desc="prefixrl train", unit="step", dynamic_ncols=True)
+    # Every rank computes the same rollouts and metrics (one engine sharded over all ranks); rank 0 writes them.
+    sink = MetricsLog(out, jsonl=cfg.logging.jsonl and rank == 0, tensorboard=cfg.logging.tensorboard and rank == 0,
+                      resume_step=start)  # fmt: skip
+    bar = tqdm(total=cfg.steps, initial=start, desc="prefixrl train", unit="step", dynamic_ncols=True,
+               disable=rank != 0)  # fmt: skip
 
     def log(step: int, m: dict[str, float]) -> None:
         sink.write(step, m)
@@ -220,7 +265,8 @@ def run(cfg: TrainConfig, *, resume: bool, should_stop: Callable[[], bool]) -> N
 
     def save(step: int) -> None:
         policy.save(ckpt, extra={"step": step, "flops": flops.to_dict()})
-        prune_checkpoints(ckpt, keep_last=cfg.checkpoint.keep_last)
+        if rank == 0:
+            prune_checkpoints(ckpt, keep_last=cfg.checkpoint.keep_last)
 
     if start == 0 and (m0 := evaluate(0)):
         sink.write(0, m0)
@@ -237,8 +283,10 @@ def run(cfg: TrainConfig, *, resume: bool, should_stop: Callable[[], bool]) -> N
         bar.close()
         sink.close()
         engine.shutdown()
-    history = [h for h in read_metrics(out / "metrics.jsonl") if "reward/mean" in h]
     last = policy.step
+    if rank != 0:
+        return
+    history = [h for h in read_metrics(out / "metrics.jsonl") if "reward/mean" in h]
     if last < cfg.steps:
         logger.warning("stopped at step %d of %d; the checkpoint is in %s and the next start resumes it", last,
                        cfg.steps, ckpt)  # fmt: skip
@@ -252,5 +300,7 @@ def run(cfg: TrainConfig, *, resume: bool, should_stop: Callable[[], bool]) -> N
         "mismatch_max": max((h.get("mismatch/token_mult_prob_error", 1.0) for h in history), default=float("nan")),
         "eval_last": {k: v for k, v in history[-1].items() if k.startswith("eval/")} if history else {},
         "flops_total": flops.total(include_sourcing=True), "session_s": time.perf_counter() - t_start,
+        "world_size": world, "tensor_parallel": cfg.parallel.tensor_parallel,
+        "pipeline_parallel": cfg.parallel.pipeline_parallel, "engine_tensor_parallel": cfg.parallel.engine_tensor_parallel,
     }  # fmt: skip
     (out / FINISHED).write_text(json.dumps(summary, indent=2) + "\n")

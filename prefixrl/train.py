@@ -248,28 +248,28 @@ def check_run_dir(cfg: TrainConfig) -> bool:
 def main(cfg_dict: dict[str, Any]) -> None:
     """Entry of `prefixrl train` and of nemo-run tasks: one PrefixRL run from a `prefixrl.config.to_dict` dict.
 
-    One process: Megatron (TP = PP = 1) and the colocated in-process vLLM engine. Writes to logging.out_dir:
-    config.json, metrics.jsonl (+ tb/ and curves.png), checkpoints/ (every checkpoint.every_steps, at the end and on
-    SIGUSR1/SIGTERM), and `finished` (the summary) when all steps are done. Resumes per checkpoint.resume.
+    Layouts: one process (Megatron TP = PP = 1, in-process vLLM engine), or W ranks under torchrun where every rank
+    hosts a shard of one vLLM engine with TP = W (vLLM's external_launcher backend) next to its Megatron shard
+    (any TP x PP x DP = W). Rank 0 writes to logging.out_dir: config.json, metrics.jsonl (+ tb/ and curves.png),
+    and `finished` (the summary) when all steps are done; every rank writes its part of checkpoints/ (every
+    checkpoint.every_steps, at the end and on SIGUSR1/SIGTERM). Resumes per checkpoint.resume.
     """
     from megatron_ext import runtime
     from prefixrl.config import from_dict
 
     cfg = from_dict(cfg_dict)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     cfg.check(world)
-    if world != 1:
-        raise ValueError(
-            f"prefixrl train runs Megatron and the colocated vLLM engine in one process; launched with {world} ranks. "
-            "Supported layout: world size 1 (cluster.num_nodes=1 cluster.gpus_per_node=1, parallel.tensor_parallel=1"
-            ", parallel.pipeline_parallel=1), e.g. --recipe prefixrl_tiny_cpu_1n1c. Multi-rank colocation (Megatron "
-            "TP=2 + vLLM TP=2 through vLLM's external_launcher backend) works at the policy/engine level "
-            "(tests/e2e/test_megatron_vllm_sync.py) but is not wired into the trainer yet"
-        )
+    check_colocation(cfg, world)
     resume = check_run_dir(cfg)
     out, _ = run_paths(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_config(out, cfg, resume=resume)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_config(out, cfg, resume=resume)
+    if world > 1 and cfg.data.problems is None and cfg.data.pool is None:
+        from prefixrl.session import prepare_synthetic_for_ranks
+
+        prepare_synthetic_for_ranks(cfg, out, rank=rank)
     with StopRequest() as stop:
         runtime.initialize(tensor_parallel=cfg.parallel.tensor_parallel,
                            pipeline_parallel=cfg.parallel.pipeline_parallel, seed=cfg.seed)  # fmt: skip
@@ -279,6 +279,18 @@ def main(cfg_dict: dict[str, Any]) -> None:
             run(cfg, resume=resume, should_stop=stop)
         finally:
             runtime.shutdown()
+
+
+def check_colocation(cfg: TrainConfig, world: int) -> None:
+    """The colocated engine layouts the trainer runs: one process, or one engine spanning all W ranks (TP = W)."""
+    etp = cfg.parallel.engine_tensor_parallel
+    if world > 1 and etp != world:
+        raise ValueError(
+            f"launched with {world} ranks and parallel.engine_tensor_parallel={etp}: the trainer colocates ONE vLLM "
+            f"engine sharded over all ranks (vLLM's external_launcher backend), so set parallel.engine_tensor_parallel"
+            f"={world}. Several engine replicas (engine TP < world size, each generating part of the prompts) are "
+            "not wired yet"
+        )
 
 
 def _write_config(out: Path, cfg: TrainConfig, *, resume: bool) -> None:

@@ -22,8 +22,8 @@ def prefixrl_tiny_cpu_1n1c() -> TrainConfig:
 
 
 def prefixrl_tiny_cpu_1n2c() -> TrainConfig:
-    """Tiny Llama on the synthetic arithmetic task, Megatron TP=2 over 2 CPU ranks (torchrun); each rank hosts its
-    own TP=1 vLLM engine replica and generates half of the prompts."""
+    """Tiny Llama on the synthetic arithmetic task over 2 CPU ranks (torchrun): Megatron TP=2, and one colocated
+    vLLM engine with TP=2 whose shards live in the same two processes (vLLM's external_launcher backend)."""
     return _tiny(name="prefixrl_tiny_cpu_1n2c", ranks=2, tensor_parallel=2)
 
 
@@ -84,7 +84,7 @@ def _tiny(*, name: str, ranks: int, tensor_parallel: int) -> TrainConfig:
     stays None: `prefixrl train` prepares the synthetic task (tokenizer, SFT'd tiny-llama base, traces) itself."""
     return _base(
         name=name, model="tiny-llama", num_nodes=1, gpus_per_node=ranks, tensor_parallel=tensor_parallel,
-        accelerator="cpu",
+        engine_tensor_parallel=ranks, accelerator="cpu",
         overrides=[
             "steps=40", "data.verifier=arith", "optim.micro_batch_size=64",
             "rollout.prompts_per_step=16", "rollout.max_new_tokens=128", "rollout.max_model_len=256",

@@ -18,37 +18,22 @@ from pathlib import Path
 import pytest
 
 from prefixrl.runlog import read_metrics
+from tests.helpers.synthetic import data_overrides, prepare_tiny_data
 
 pytestmark = pytest.mark.vllm
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-PREPARE = """
-import sys
-from megatron_ext import runtime
-from prefixrl.demo import DemoSettings
-from prefixrl.pipeline import prepare_synthetic
-runtime.initialize(seed=0)
-try:
-    prepare_synthetic(sys.argv[1], s=DemoSettings(sft_steps=30, sft_batch=16, hard_pool=16), traces="oracle")
-finally:
-    runtime.shutdown()
-"""
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("synthetic")
-    r = subprocess.run([sys.executable, "-c", PREPARE, str(d)], cwd=REPO, env=ENV, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return d
+    return prepare_tiny_data(tmp_path_factory.mktemp("synthetic"), env=ENV)
 
 
 def _cmd(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "prefixrl.cli", "train", "--recipe", "prefixrl_tiny_cpu_1n1c", "--out", str(out),
-            f"model.path={data}/base", f"model.tokenizer={data}/tokenizer.model", f"data.problems={data}/problems.jsonl",
-            f"data.traces={data}/traces", "rollout.prompts_per_step=4", "rollout.n=4", "optim.micro_batch_size=16",
+            *data_overrides(data), "rollout.prompts_per_step=4", "rollout.n=4", "optim.micro_batch_size=16",
             "eval.every_steps=0", "logging.tensorboard=false", *extra]  # fmt: skip
 
 

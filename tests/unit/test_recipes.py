@@ -49,6 +49,15 @@ def test_tiny_recipes_fit_the_tiny_model():
         assert cfg.parallel.tensor_parallel == cfg.cluster.world_size
 
 
+def test_trainer_colocation_layouts():
+    from prefixrl.train import check_colocation
+
+    check_colocation(get_recipe("prefixrl_tiny_cpu_1n1c")(), 1)
+    check_colocation(get_recipe("prefixrl_tiny_cpu_1n2c")(), 2)  # one engine, TP=2, sharded over both ranks
+    with pytest.raises(ValueError, match="set parallel.engine_tensor_parallel=8"):
+        check_colocation(get_recipe("prefixrl_qwen3_4b_1n8g")(), 8)  # 4 engine replicas: not wired yet
+
+
 def test_70b_layout_fits_h100_and_the_alternatives_do_not():
     cfg = get_recipe("prefixrl_llama31_70b_8n8g")()
     spec = spec_of(cfg)
@@ -99,7 +108,7 @@ def test_paths_made_absolute_and_executor_sizes(tmp_path, monkeypatch):
 DRYRUN = """
 import sys
 from recipes.launch import launch
-launch(sys.argv[1], executor=sys.argv[2], dryrun=True, overrides=sys.argv[3:], entry="tests.e2e.standin:main")
+launch(sys.argv[1], executor=sys.argv[2], dryrun=True, overrides=sys.argv[3:])
 """
 
 
@@ -115,7 +124,6 @@ launch(sys.argv[1], executor=sys.argv[2], dryrun=True, overrides=sys.argv[3:], e
     ],
 )  # fmt: skip
 def test_nemo_run_dryrun_renders(recipe, executor, expected, tmp_path):
-    # The trainer entry may not exist yet; the e2e stand-in has the same calling convention (main(cfg_dict)).
     overrides = ["cluster.partition=batch"] if recipe.endswith("8n8g") else ["cluster.time_limit=00:20:00"]
     env = {**os.environ, "NEMORUN_HOME": str(tmp_path / "nr"), "COLUMNS": "400", "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", DRYRUN, recipe, executor, *overrides], cwd=tmp_path, env=env,
