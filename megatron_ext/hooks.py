@@ -141,6 +141,44 @@ def sft_loss(logprobs_BT: torch.Tensor, mb: MicroBatch) -> tuple[torch.Tensor, d
     return losses.sft_loss(logprobs_BT, mb.loss_mask_BT, num_tokens=1.0)
 
 
+def off_policy_is_mixed_loss(off_policy_B: torch.Tensor, sequence_weights_B: torch.Tensor, *,
+                             max_weight: float = 1.0) -> LossFn:
+    """Importance-weighted off-policy RL (baseline 4 of the method notes) on a batch that mixes on-policy rows
+    (REINFORCE) with full correct traces (truncated IS weights against the behaviour log-probs carried in
+    `old_logprobs_BT`, times a per-sequence acceptance correction).
+
+    off_policy_B: bool [B_full], sequence_weights_B: float [B_full] (1 on on-policy rows), both over the whole RLBatch.
+    """
+
+    def loss(logprobs_BT: torch.Tensor, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if mb.old_logprobs_BT is None:
+            raise ValueError("the off-policy IS loss needs behaviour log-probs in the batch (old_logprobs)")
+        off_B = off_policy_B[mb.index_B].to(logprobs_BT.dtype)
+        on, m_on = losses.policy_gradient(logprobs_BT, mb.advantages_B, mb.loss_mask_BT * (1 - off_B)[:, None],
+                                          num_tokens=1.0)  # fmt: skip
+        off, m_off = losses.off_policy_is_loss(logprobs_BT, mb.old_logprobs_BT, mb.advantages_B,
+                                               mb.loss_mask_BT * off_B[:, None], num_tokens=1.0, max_weight=max_weight,
+                                               sequence_weights_B=sequence_weights_B[mb.index_B])  # fmt: skip
+        return on + off, {**m_on, **m_off}
+
+    return loss
+
+
+def luffy_mixed_loss(off_policy_B: torch.Tensor, *, clip_low: float = 0.2, clip_high: float = 0.2,
+                     gamma: float = 0.1) -> LossFn:
+    """LUFFY (prefixrl.losses.luffy_loss): PPO on on-policy rows, policy shaping on the off-policy trace rows.
+    off_policy_B: bool [B_full] over the whole RLBatch; on-policy rows need their engine log-probs."""
+
+    def loss(logprobs_BT: torch.Tensor, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if mb.old_logprobs_BT is None:
+            raise ValueError("the LUFFY loss needs the on-policy rows' engine log-probs in the batch (old_logprobs)")
+        return losses.luffy_loss(logprobs_BT, mb.old_logprobs_BT, mb.advantages_B, mb.loss_mask_BT,
+                                 off_policy_B[mb.index_B], num_tokens=1.0, clip_low=clip_low, clip_high=clip_high,
+                                 gamma=gamma)  # fmt: skip
+
+    return loss
+
+
 # ------------------------------------------------------------------------------------------------ schedule hooks
 def _report(loss_sum: torch.Tensor, metrics: dict[str, torch.Tensor], mb: MicroBatch,
             entropy_BT: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -157,7 +157,8 @@ class MegatronPolicy:
 
     # ------------------------------------------------------------------------------------------------ batches
     def _microbatches(self, batch: RLBatch) -> list[hooks.MicroBatch]:
-        hooks.check_batch(batch, dp_size=self.dp_size, micro_batch_size=self.cfg.micro_batch_size,
+        budgeted = self.cfg.max_tokens_per_microbatch is not None  # then micro_batch_size is only an upper bound
+        hooks.check_batch(batch, dp_size=self.dp_size, micro_batch_size=1 if budgeted else self.cfg.micro_batch_size,
                           max_seq_len=self.cfg.max_seq_len)
         mbs = hooks.budgeted_micro_batch_size(batch, dp_size=self.dp_size, micro_batch_size=self.cfg.micro_batch_size,
                                               max_tokens_per_microbatch=self.cfg.max_tokens_per_microbatch)

@@ -132,11 +132,15 @@ def synthetic_task(seed: int) -> tuple[Any, dict[str, list[Problem]], Any]:
 
 
 def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], task_cfg: Any, *, steps: int,
-                   batch: int, seed: int, solutions_per_problem: int = 1) -> tuple[Path, list[float]]:
+                   batch: int, seed: int, solutions_per_problem: int = 1,
+                   examples: Sequence[tuple[Problem, str]] | None = None, lr: float = 3e-3,
+                   save_every: int = 0) -> tuple[Path, list[float]]:
     """Random-init the tiny model (out/init), SFT it on worked solutions of all levels, export it to out/base.
 
     One (left-to-right) worked order per problem by default: a 4-layer model learns to copy terms in order far
     faster than to track which terms a random order has used, and the verifier still accepts any chain.
+    `examples` replaces the (problem, solution) pairs drawn from `splits`; `save_every` > 0 also exports
+    out/checkpoints/step-XXXXX every that many steps (the reproduction benchmark picks its base among them).
     """
     import torch
 
@@ -153,11 +157,12 @@ def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], 
     convert.save_hf_checkpoint(convert.export_hf(models.build(spec)), spec, init_dir, overwrite=True)
     policy = MegatronPolicy(PolicyConfig(
         model=str(init_dir), micro_batch_size=batch, max_seq_len=SYNTHETIC_MAX_LEN,
-        optim=OptimizerSettings(lr=3e-3, min_lr=3e-4, warmup_steps=min(20, steps), decay_steps=steps,
+        optim=OptimizerSettings(lr=lr, min_lr=lr / 10, warmup_steps=min(20, steps), decay_steps=steps,
                                 lr_schedule="cosine", weight_decay=0.0)))  # fmt: skip
     fmt = prompt_formatter(tokenizer)
-    examples = sft_examples(splits["train_easy"] + splits["train_medium"] + splits["train_hard"],
-                            per_problem=solutions_per_problem, cfg=task_cfg)  # fmt: skip
+    if examples is None:
+        examples = sft_examples(splits["train_easy"] + splits["train_medium"] + splits["train_hard"],
+                                per_problem=solutions_per_problem, cfg=task_cfg)  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     losses = []
     for step in range(steps):
@@ -169,6 +174,9 @@ def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], 
         losses.append(m["loss/total"])
         if step % 50 == 0 or step == steps - 1:
             logger.info("sft step %d/%d loss %.3f", step + 1, steps, m["loss/total"])
+        if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
+            convert.save_hf_checkpoint(policy.export_hf(), spec, out / "checkpoints" / f"step-{step + 1:05d}",
+                                       overwrite=True)  # fmt: skip
     base_dir = out / "base"
     convert.save_hf_checkpoint(policy.export_hf(), spec, base_dir, overwrite=True)
     del policy

@@ -1,0 +1,336 @@
+"""The methods the reproduction benchmark compares, each a function `(ctx, seed) -> Curve`, all from the same base
+model and the same hard training problems, all trained by the real stack (Megatron-Core policy, colocated vLLM engine
+that receives the weights every step), all stopped at the same FLOPs budget.
+
+    prefixrl          3 cuts in [0.4, 0.8] + the unprefixed problem (3:1 mix), n, REINFORCE group mean
+    prefixed_only     the same pool without unprefixed prompts (the back-generalization test)
+    rl                plain on-policy RL on the unprefixed problems, n
+    rl_large_n        plain RL with large_n samples per prompt (the paper's n = 64 control, scaled to the CPU)
+    sft_rl            SFT on the sourced traces (sft_epochs), then plain RL
+    offpolicy_is      plain RL groups plus the sourced trace as one more member with reward 1, trained with truncated
+                      importance weights pi_theta / pi_0 and the acceptance correction 1 / attempts
+    luffy             n - 1 on-policy samples + the trace in one group; PPO on-policy, policy shaping p / (p + 0.1)
+                      on the trace
+    more_base         control: keep training the base model on its own SFT data for the same FLOPs
+
+FLOPs (prefixrl.flops): sampling 2N per prompt + prefix + completion token, training 6N per trained token, evaluation
+not charged; the sourcing cost is charged up front to every method that uses the traces. Megatron and vLLM are
+imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from prefixrl.records import FinishReason, OffPolicyTrace, PrefixedProblem, Problem, Rollout, RolloutGroup
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, frozen=True)
+class RLSettings:
+    """What every method shares (a preset of `prefixrl.bench.reproduce` fills them)."""
+
+    prefixrl_steps: int = 40
+    """PrefixRL steps; their FLOPs (without sourcing) are every method's budget."""
+    max_steps_factor: float = 3.0
+    """No method runs more than this many times prefixrl_steps (a cap for cheap-per-step methods)."""
+    prompts_per_step: int = 16
+    """Prompts (groups) per step, every method."""
+    n: int = 8
+    """Samples per prompt."""
+    large_n: int = 32
+    """Samples per prompt of rl_large_n (the paper's 64 does not fit a 2-core budget)."""
+    lr: float = 5e-4
+    """Adam learning rate of every RL method (constant after 2 warm-up steps)."""
+    sft_epochs: int = 2
+    """Epochs over the sourced traces before sft_rl's RL phase."""
+    sft_lr: float = 3e-4
+    """Learning rate of the more_base control (the base model's final SFT learning rate); sft_rl uses lr."""
+    sft_batch: int = 32
+    """Sequences per SFT step (sft_rl and more_base)."""
+    is_max_weight: float = 1.0
+    """Truncation of the pi_theta / pi_0 token weights (offpolicy_is)."""
+    gen_tokens: int = 224
+    """Generation cap."""
+    eval_every: int = 10
+    """Evaluate every that many steps (and at the start and the end)."""
+    eval_samples: int = 8
+    """Samples per problem in evaluation (unprefixed, temperature 1)."""
+    eval_problems: int = 128
+    """Problems per evaluation split (the first ones)."""
+
+
+@dataclass(slots=True)
+class Context:
+    """The shared state of one benchmark process."""
+
+    s: RLSettings
+    engine: Any
+    tokenizer: Any
+    verifier: Any
+    format_prompt: Callable[[Problem], list[int]]
+    base_dir: str
+    train: list[Problem]
+    """Hard training problems (RL, unprefixed evaluation)."""
+    eval_splits: dict[str, list[Problem]]
+    """Split name -> problems evaluated at every eval point (train_hard, heldout_hard, heldout_medium)."""
+    traces: dict[str, OffPolicyTrace]
+    """problem_id -> its sourced trace."""
+    sourcing_progress: dict[str, Any]
+    """The sourcer's per-problem progress (its cost is charged to the trace methods)."""
+    pools: dict[str, list[PrefixedProblem]]
+    """"prefixrl" / "prefixed_only" / "unprefixed" training pools."""
+    num_params: int
+    """Non-embedding parameters N of the policy."""
+    sft_examples: list[tuple[Problem, str]] = field(default_factory=list)
+    """The base model's own SFT data (more_base)."""
+    budget: float = 0.0
+    """FLOPs (without sourcing) every method may spend; set by the prefixrl run of each seed."""
+
+
+@dataclass(slots=True)
+class Curve:
+    """One (method, seed) run: evaluation points and per-step training metrics."""
+
+    method: str
+    seed: int
+    uses_traces: bool
+    sourcing_flops: float
+    points: list[dict[str, float]] = field(default_factory=list)
+    """{"step", "flops" (with sourcing when charged), "flops_rl", "<split>/pass@1", ...} per evaluation."""
+    steps: list[dict[str, float]] = field(default_factory=list)
+    """{"step", "flops", "entropy", "reward", "grad_norm"} per optimizer step."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "seed": self.seed, "uses_traces": self.uses_traces,
+                "sourcing_flops": self.sourcing_flops, "points": self.points, "steps": self.steps}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ shared pieces
+def _policy(ctx: Context, *, lr: float) -> Any:
+    from megatron_ext.policy import MegatronPolicy, OptimizerSettings, PolicyConfig
+    from prefixrl.pipeline import SYNTHETIC_MAX_LEN
+
+    return MegatronPolicy(PolicyConfig(model=ctx.base_dir, micro_batch_size=64, max_seq_len=SYNTHETIC_MAX_LEN,
+                                       max_tokens_per_microbatch=64 * SYNTHETIC_MAX_LEN,  # any batch size divides
+                                       optim=OptimizerSettings(lr=lr, warmup_steps=2, weight_decay=0.0)))  # fmt: skip
+
+
+def _evaluate(ctx: Context, seed: int) -> dict[str, float]:
+    from prefixrl.engine.generate import EngineGenerateFn
+    from prefixrl.evaluation import EvalConfig, evaluate
+
+    cfg = EvalConfig(num_samples=ctx.s.eval_samples, temperature=1.0, max_tokens=ctx.s.gen_tokens, seed=10_000 + seed)
+    out = {}
+    for name, problems in ctx.eval_splits.items():
+        rep = evaluate(problems[: ctx.s.eval_problems], generate_fn=EngineGenerateFn(ctx.engine, ctx.tokenizer),
+                       verifier=ctx.verifier, format_prompt=ctx.format_prompt, cfg=cfg)  # fmt: skip
+        out[f"{name}/pass@1"] = rep.pass_at_k[1]
+        out[f"{name}/pass@{ctx.s.eval_samples}"] = rep.pass_at_k[ctx.s.eval_samples]
+    return out
+
+
+class _Run:
+    """Policy + FLOP counter + curve of one (method, seed); the engine starts from the base weights."""
+
+    def __init__(self, ctx: Context, method: str, seed: int, *, uses_traces: bool, lr: float) -> None:
+        from megatron_ext.runtime import seed_all
+        from prefixrl.flops import FlopCounter
+        from prefixrl.sourcer import charge_sourcing
+
+        seed_all(seed)
+        self.ctx, self.seed = ctx, seed
+        self.policy = _policy(ctx, lr=lr)
+        self.flops = FlopCounter(num_params=ctx.num_params)
+        if uses_traces:
+            charge_sourcing(self.flops, ctx.sourcing_progress)
+        self.curve = Curve(method=method, seed=seed, uses_traces=uses_traces, sourcing_flops=self.flops.sourcing)
+        self.step = 0
+        self.sync()
+        self.point()
+
+    def sync(self) -> None:
+        from prefixrl.train import sync_weights
+
+        sync_weights(self.policy, self.ctx.engine)
+
+    def point(self) -> None:
+        p = {"step": self.step, "flops": self.flops.total(include_sourcing=True),
+             "flops_rl": self.flops.total(include_sourcing=False), **_evaluate(self.ctx, self.seed)}  # fmt: skip
+        self.curve.points.append(p)
+        logger.info("%s seed %d step %d: %s", self.curve.method, self.seed, self.step,
+                    {k: round(v, 4) for k, v in p.items() if "pass@1" in k})  # fmt: skip
+
+    def spent(self) -> float:
+        return self.flops.total(include_sourcing=False)
+
+    def train(self, batch: Any, loss: Any, *, sampled_tokens: int, reward: float) -> None:
+        m = self.policy.train_step(batch, loss=loss)
+        self.sync()
+        self.flops.add_sampling(sampled_tokens)
+        self.flops.add_training(int(batch.seq_lens_B.sum()))
+        self.step += 1
+        self.curve.steps.append({"step": self.step, "flops": self.flops.total(include_sourcing=True),
+                                 "entropy": m.get("policy/entropy", math.nan), "reward": reward,
+                                 "grad_norm": m.get("policy/grad_norm", math.nan)})  # fmt: skip
+        if self.step % self.ctx.s.eval_every == 0:
+            self.point()
+
+    def finish(self) -> Curve:
+        if self.curve.points[-1]["step"] != self.step:
+            self.point()
+        del self.policy
+        return self.curve
+
+
+def _sampled_tokens(groups: Sequence[RolloutGroup]) -> int:
+    return sum(len(r.input_ids) + len(r.completion_ids) for g in groups for r in g.rollouts)
+
+
+def _on_policy(ctx: Context, method: str, seed: int, *, pool: Sequence[PrefixedProblem], n: int,
+               uses_traces: bool, run: _Run | None = None, steps: int | None = None) -> Curve:
+    """Plain on-policy RL over `pool` (prefixed or not) until the budget (or `steps`)."""
+    from megatron_ext.hooks import policy_gradient_loss
+    from prefixrl.advantages import get_estimator
+    from prefixrl.batching import RLBatch
+    from prefixrl.train import LoopSettings, draw_prompts, generate_groups
+
+    s = ctx.s
+    run = run or _Run(ctx, method, seed, uses_traces=uses_traces, lr=s.lr)
+    loop = LoopSettings(steps=0, prompts_per_step=s.prompts_per_step, n=n, max_new_tokens=s.gen_tokens, seed=seed)
+    estimator = get_estimator("reinforce")
+    cap = steps if steps is not None else int(s.prefixrl_steps * s.max_steps_factor)
+    for i in range(cap):
+        if steps is None and run.spent() >= ctx.budget:
+            break
+        groups = generate_groups(ctx.engine, draw_prompts(pool, step=i, k=s.prompts_per_step, seed=seed), s=loop,
+                                 step=i, tokenizer=ctx.tokenizer, verifier=ctx.verifier)  # fmt: skip
+        rewards_Gn = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
+        batch = RLBatch.from_groups(groups, estimator(rewards_Gn), pad_id=ctx.tokenizer.pad_id)
+        run.train(batch, policy_gradient_loss, sampled_tokens=_sampled_tokens(groups), reward=float(rewards_Gn.mean()))
+    return run.finish()
+
+
+def _trace_rollout(prompt: PrefixedProblem, trace: OffPolicyTrace) -> Rollout:
+    assert trace.logprobs is not None, "off-policy baselines need the sourcing log-probs (keep_logprobs=True)"
+    return Rollout(input_ids=prompt.input_ids, completion_ids=list(trace.trace_ids), text=trace.text,
+                   finish_reason=FinishReason.STOP, reward=1.0, logprobs=list(trace.logprobs))  # fmt: skip
+
+
+def _with_traces(ctx: Context, method: str, seed: int, *, n_on: int,
+                 make_loss: Callable[[torch.Tensor, torch.Tensor], Any]) -> Curve:
+    """Groups of `n_on` on-policy samples plus the problem's trace (reward 1); advantages over the whole group."""
+    from prefixrl.advantages import get_estimator
+    from prefixrl.batching import RLBatch
+    from prefixrl.train import LoopSettings, draw_prompts, generate_groups
+
+    s = ctx.s
+    pool = [p for p in ctx.pools["unprefixed"] if p.problem.problem_id in ctx.traces]
+    run = _Run(ctx, method, seed, uses_traces=True, lr=s.lr)
+    loop = LoopSettings(steps=0, prompts_per_step=s.prompts_per_step, n=n_on, max_new_tokens=s.gen_tokens, seed=seed)
+    estimator = get_estimator("reinforce")
+    for i in range(int(s.prefixrl_steps * s.max_steps_factor)):
+        if run.spent() >= ctx.budget:
+            break
+        groups = generate_groups(ctx.engine, draw_prompts(pool, step=i, k=s.prompts_per_step, seed=seed), s=loop,
+                                 step=i, tokenizer=ctx.tokenizer, verifier=ctx.verifier)  # fmt: skip
+        sampled = _sampled_tokens(groups)
+        trace = [ctx.traces[g.prompt.problem.problem_id] for g in groups]
+        mixed = [RolloutGroup(prompt=g.prompt, rollouts=[*g.rollouts, _trace_rollout(g.prompt, t)])
+                 for g, t in zip(groups, trace)]  # fmt: skip
+        rewards_Gn = torch.tensor([g.rewards for g in mixed], dtype=torch.float32)
+        batch = RLBatch.from_groups(mixed, estimator(rewards_Gn), pad_id=ctx.tokenizer.pad_id)
+        off_B = torch.tensor([[False] * n_on + [True] for _ in mixed]).reshape(-1)
+        seq_w_B = torch.tensor([[1.0] * n_on + [1.0 / max(1, t.num_attempts)] for t in trace]).reshape(-1)
+        on_reward = float(rewards_Gn[:, :n_on].mean())
+        run.train(batch, make_loss(off_B, seq_w_B), sampled_tokens=sampled, reward=on_reward)
+    return run.finish()
+
+
+def _sft_steps(run: _Run, examples: Sequence[tuple[list[int], list[int]]], *, steps: int, batch: int,
+               seed: int, budget: float | None = None) -> None:
+    """SFT steps on (prompt ids, target ids) pairs drawn with replacement; 6N per trained token."""
+    from megatron_ext.hooks import sft_loss
+    from prefixrl.batching import RLBatch
+
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        if budget is not None and run.spent() >= budget:
+            break
+        idx = torch.randint(len(examples), (batch,), generator=g).tolist()
+        rl = RLBatch.from_lists([examples[i][0] for i in idx], [examples[i][1] for i in idx], [1.0] * batch,
+                                pad_id=run.ctx.tokenizer.pad_id)  # fmt: skip
+        run.train(rl, sft_loss, sampled_tokens=0, reward=math.nan)
+
+
+# ------------------------------------------------------------------------------------------------ the methods
+def prefixrl(ctx: Context, seed: int) -> Curve:
+    """PrefixRL: on-policy RL over the 3:1 pool of prefixed and unprefixed prompts (sets the FLOPs budget)."""
+    curve = _on_policy(ctx, "prefixrl", seed, pool=ctx.pools["prefixrl"], n=ctx.s.n, uses_traces=True,
+                       steps=ctx.s.prefixrl_steps)  # fmt: skip
+    return curve
+
+
+def prefixed_only(ctx: Context, seed: int) -> Curve:
+    """PrefixRL with prefixed prompts only: unprefixed accuracy can rise only by back-generalization."""
+    return _on_policy(ctx, "prefixed_only", seed, pool=ctx.pools["prefixed_only"], n=ctx.s.n, uses_traces=True)
+
+
+def rl(ctx: Context, seed: int) -> Curve:
+    """Plain on-policy RL on the unprefixed hard problems, n samples."""
+    return _on_policy(ctx, "rl", seed, pool=ctx.pools["unprefixed"], n=ctx.s.n, uses_traces=False)
+
+
+def rl_large_n(ctx: Context, seed: int) -> Curve:
+    """Plain RL with large_n samples per prompt (more on-policy samples for the same FLOPs)."""
+    return _on_policy(ctx, "rl_large_n", seed, pool=ctx.pools["unprefixed"], n=ctx.s.large_n, uses_traces=False)
+
+
+def sft_rl(ctx: Context, seed: int) -> Curve:
+    """SFT on the sourced traces for sft_epochs, then plain RL (the paper's strongest baseline)."""
+    s = ctx.s
+    run = _Run(ctx, "sft_rl", seed, uses_traces=True, lr=s.lr)  # one optimizer and lr for both phases
+    data = [(t.prompt_ids, list(t.trace_ids)) for t in ctx.traces.values()]
+    _sft_steps(run, data, steps=max(1, math.ceil(s.sft_epochs * len(data) / s.sft_batch)), batch=s.sft_batch,
+               seed=seed)  # fmt: skip
+    run.point()
+    return _on_policy(ctx, "sft_rl", seed, pool=ctx.pools["unprefixed"], n=s.n, uses_traces=True, run=run)
+
+
+def offpolicy_is(ctx: Context, seed: int) -> Curve:
+    """On-policy groups plus the trace, trained with truncated importance weights (acceptance-corrected)."""
+    from megatron_ext.hooks import off_policy_is_mixed_loss
+
+    return _with_traces(ctx, "offpolicy_is", seed, n_on=ctx.s.n,
+                        make_loss=lambda off_B, w_B: off_policy_is_mixed_loss(off_B, w_B,
+                                                                              max_weight=ctx.s.is_max_weight))
+
+
+def luffy(ctx: Context, seed: int) -> Curve:
+    """LUFFY: n - 1 on-policy samples + the trace per group, policy shaping on the trace tokens."""
+    from megatron_ext.hooks import luffy_mixed_loss
+
+    return _with_traces(ctx, "luffy", seed, n_on=ctx.s.n - 1, make_loss=lambda off_B, w_B: luffy_mixed_loss(off_B))
+
+
+def more_base(ctx: Context, seed: int) -> Curve:
+    """Control: more base-model SFT on its own data (worked chains of every level) for the same FLOPs."""
+    s = ctx.s
+    run = _Run(ctx, "more_base", seed, uses_traces=False, lr=s.sft_lr)
+    data = [(ctx.format_prompt(p), ctx.tokenizer.encode(text) + [ctx.tokenizer.eos_id]) for p, text in ctx.sft_examples]
+    _sft_steps(run, data, steps=int(s.prefixrl_steps * s.max_steps_factor * 4), batch=s.sft_batch, seed=seed,
+               budget=ctx.budget)  # fmt: skip
+    return run.finish()
+
+
+METHODS: dict[str, Callable[[Context, int], Curve]] = {
+    f.__name__: f for f in (prefixrl, prefixed_only, rl, rl_large_n, sft_rl, offpolicy_is, luffy, more_base)
+}
+"""Method name -> run function; prefixrl runs first in each seed (it sets the budget)."""

@@ -1,0 +1,272 @@
+"""The hard regime of the reproduction benchmark: a levelled-off tiny base model, a hard level chosen by measurement,
+and the three figures the comparison rests on.
+
+    base   train the tiny Llama on worked chains of EVERY level (2..max terms; several valid orders per problem, so a
+           problem has many correct solutions) to the end of a cosine schedule: the base has levelled off, and
+           checkpoints along the way show it (base/checkpoints/step-*)
+    probe  pass@k of the final base per level (fresh problems); the hard level is the shortest chain whose pass@k is
+           at most `target_pass_at_k`, the medium level the longest whose pass@k is at least `medium_pass_at_k`
+    splits train_hard (RL + sourcing), heldout_hard and heldout_medium (never trained on, never sourced), disjoint
+           from the base's SFT prompts
+    source rejection sampling with a cap on train_hard (per-problem attempts, every token charged)
+    figures base pass@k on train_hard, the fraction of train_hard with a sourced trace, and the success rate of the
+           base conditioned on a 40-80% prefix of a sourced trace
+
+Every step writes its result under the run directory and is skipped when it exists (the benchmark resumes). Needs
+`megatron_ext.runtime.initialize()`; Megatron and vLLM are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from prefixrl.records import Problem
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, frozen=True)
+class RegimeSettings:
+    """Task, base model and sourcing sizes (a preset of `prefixrl.bench.reproduce` fills them)."""
+
+    levels: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    """Chain lengths (number of terms) the base model is trained on; the hard and medium levels are picked among
+    them by measurement."""
+    per_level: int = 1500
+    """SFT problems per level."""
+    orders_per_problem: int = 3
+    """Valid worked orders per SFT problem (many correct solutions; the verifier checks the final answer only)."""
+    max_operand: int = 99
+    """Terms are drawn from [1, max_operand]."""
+    max_answer: int = 999
+    """Answers and partial sums lie in [0, max_answer]: 1,000 possible answers."""
+    sft_steps: int = 800
+    """Base-model SFT steps (cosine schedule to lr/10: the base has levelled off at the end)."""
+    sft_batch: int = 64
+    """Sequences per SFT step."""
+    sft_lr: float = 3e-3
+    """Peak SFT learning rate."""
+    checkpoints: int = 4
+    """Base checkpoints saved along the SFT run (plus the final one) for the levelling-off curve."""
+    probe_problems: int = 64
+    """Fresh problems per level for the level probe."""
+    probe_k: int = 8
+    """Samples per problem in the probe (the pass@k the regime is defined by)."""
+    target_pass_at_k: float = 0.05
+    """The hard level: the shortest chain with base pass@k at most this."""
+    medium_pass_at_k: float = 0.3
+    """The medium level: the longest chain with base pass@k at least this."""
+    train_hard: int = 256
+    """Hard training problems (RL and sourcing)."""
+    heldout_hard: int = 128
+    """Held-out hard problems (evaluation only)."""
+    heldout_medium: int = 128
+    """Held-out medium problems (evaluation only)."""
+    source_cap: int = 1024
+    """Rejection-sampling attempts per problem."""
+    prefix_probe_problems: int = 64
+    """Solved problems whose 40-80% prefix success is measured."""
+    gen_tokens: int = 224
+    """Generation cap of every sampling stage."""
+    seed: int = 0
+    """Seed of the task, the tokenizer corpus and the base model."""
+
+
+# ------------------------------------------------------------------------------------------------ problems
+def _task_cfg(s: RegimeSettings, *, hard: int, medium: int, seed: int) -> Any:
+    from prefixrl.tasks.arith import ArithConfig
+
+    return ArithConfig(terms={"easy": 2, "medium": medium, "hard": hard}, max_operand=s.max_operand,
+                       max_answer=s.max_answer, seed=seed,
+                       sizes={"heldout_hard": s.heldout_hard, "heldout_medium": s.heldout_medium,
+                              "train_hard": s.train_hard})  # fmt: skip
+
+
+def level_problems(s: RegimeSettings, *, level: int, count: int, tag: str, seed: int) -> list[Problem]:
+    """`count` distinct problems with `level` terms (ids `<tag>-L<level>-<i>`)."""
+    from prefixrl.prefixes import derive_seed
+    from prefixrl.tasks.arith import make_problem
+
+    cfg = _task_cfg(s, hard=level, medium=level, seed=seed)
+    rng = random.Random(derive_seed(seed, f"{tag}-{level}"))
+    out: dict[str, Problem] = {}
+    while len(out) < count:
+        p = make_problem(rng, num_terms=level, cfg=cfg, problem_id=f"{tag}-L{level}-{len(out):05d}", level=f"L{level}")
+        out.setdefault(p.prompt, p)
+    return list(out.values())
+
+
+def base_corpus(s: RegimeSettings) -> list[Problem]:
+    """The base model's SFT problems: `per_level` of every level."""
+    return [p for lv in s.levels for p in level_problems(s, level=lv, count=s.per_level, tag="sft", seed=s.seed)]
+
+
+def make_bench_splits(s: RegimeSettings, *, hard: int, medium: int, exclude: set[str]) -> dict[str, list[Problem]]:
+    """train_hard / heldout_hard / heldout_medium at the chosen levels, without any prompt in `exclude`."""
+    from prefixrl.tasks.arith import make_splits
+
+    out: dict[str, list[Problem]] = {}
+    for extra in (0, 64, 512):
+        cfg = _task_cfg(s, hard=hard, medium=medium, seed=s.seed + 1)
+        cfg = replace(cfg, sizes={k: v + extra for k, v in cfg.sizes.items()})
+        splits = make_splits(cfg)
+        want = {"train_hard": s.train_hard, "heldout_hard": s.heldout_hard, "heldout_medium": s.heldout_medium}
+        out = {k: [p for p in splits[k] if p.prompt not in exclude][:n] for k, n in want.items()}
+        if all(len(out[k]) == n for k, n in want.items()):
+            return out
+    raise ValueError(f"could not draw splits disjoint from the base corpus at levels hard={hard}, medium={medium}; "
+                     "lower per_level or raise max_operand")
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
+    """Tokenizer + SFT of the tiny base on every level -> out/tokenizer.model, out/base, out/checkpoints/step-*."""
+    from prefixrl.pipeline import sft_base_model
+    from prefixrl.tasks.arith import solutions
+    from prefixrl.tokenizer import SentencePieceTokenizer
+
+    done = out / "base.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    corpus = base_corpus(s)
+    cfg = _task_cfg(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed)
+    examples = [(p, text) for p in corpus for text in solutions(p, num=s.orders_per_problem, cfg=cfg)]
+    tokenizer = SentencePieceTokenizer.train([p.prompt for p in corpus] + [t for _, t in examples], vocab_size=384)
+    tokenizer.save(out / "tokenizer.model")
+    save_every = max(1, s.sft_steps // (s.checkpoints + 1)) if s.checkpoints else 0
+    _, losses = sft_base_model(out, tokenizer, {}, cfg, steps=s.sft_steps, batch=s.sft_batch, seed=s.seed,
+                               examples=examples, lr=s.sft_lr, save_every=save_every)  # fmt: skip
+    info = {"sft_steps": s.sft_steps, "sft_examples": len(examples), "sft_problems": len(corpus),
+            "sft_tokens": s.sft_steps * s.sft_batch, "loss_first_last": [losses[0], sum(losses[-20:]) / len(losses[-20:])],
+            "loss_curve": losses[:: max(1, len(losses) // 50)]}  # fmt: skip
+    (out / "base_prompts.json").write_text(json.dumps(sorted(p.prompt for p in corpus)))
+    done.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def hf_tensors(model_dir: Path) -> list[tuple[str, Any]]:
+    """An HF checkpoint's tensors (for pushing a saved checkpoint into a running engine)."""
+    from safetensors.torch import load_file
+
+    return [kv for f in sorted(model_dir.glob("*.safetensors")) for kv in load_file(str(f)).items()]
+
+
+def probe_levels(out: Path, s: RegimeSettings, *, engine: Any, tokenizer: Any) -> dict[str, Any]:
+    """pass@k per level for every saved base checkpoint (final one last); picks the hard and medium levels."""
+    from prefixrl.engine.generate import EngineGenerateFn
+    from prefixrl.evaluation import EvalConfig, evaluate
+    from prefixrl.pipeline import prompt_formatter
+    from prefixrl.tasks.arith import ArithVerifier
+
+    done = out / "probe.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    ckpts = [*sorted((out / "checkpoints").glob("step-*")), out / "base"]
+    probes = {lv: level_problems(s, level=lv, count=s.probe_problems, tag="probe", seed=s.seed + 2) for lv in s.levels}
+    gen, fmt = EngineGenerateFn(engine, tokenizer), prompt_formatter(tokenizer)
+    ecfg = EvalConfig(num_samples=s.probe_k, temperature=1.0, max_tokens=s.gen_tokens, seed=s.seed)
+    curve: dict[str, dict[int, float]] = {}
+    for ck in ckpts:
+        engine.update_weights(iter(hf_tensors(ck)))
+        curve[ck.name] = {lv: evaluate(ps, generate_fn=gen, verifier=ArithVerifier(), format_prompt=fmt,
+                                       cfg=ecfg).pass_at_k[s.probe_k] for lv, ps in probes.items()}  # fmt: skip
+        logger.info("probe %s: %s", ck.name, curve[ck.name])
+    final = curve["base"]
+    hard = next((lv for lv in s.levels if final[lv] <= s.target_pass_at_k), max(s.levels))
+    medium = max((lv for lv in s.levels if lv < hard and final[lv] >= s.medium_pass_at_k), default=min(s.levels))
+    info = {"pass_at_k": s.probe_k, "curve": {k: {str(lv): v for lv, v in c.items()} for k, c in curve.items()},
+            "hard_level": hard, "medium_level": medium}  # fmt: skip
+    done.write_text(json.dumps(info, indent=1))
+    return info
+
+
+@dataclass(slots=True)
+class Regime:
+    """What the later stages need: the splits, the tokenizer, and where the base and the traces are."""
+
+    out: Path
+    tokenizer: Any
+    splits: dict[str, list[Problem]]
+    figures: dict[str, Any]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.out / "base"
+
+    @property
+    def traces_dir(self) -> Path:
+        return self.out / "traces"
+
+
+def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[Regime, Any]:
+    """All regime stages (module docstring) -> (Regime, the engine on the base, for the caller to reuse)."""
+    from prefixrl.engine.generate import EngineGenerateFn
+    from prefixrl.evaluation import EvalConfig, evaluate
+    from prefixrl.pipeline import load_tokenizer, prompt_formatter, tokenizer_name
+    from prefixrl.sourcer import SourcerConfig, read_progress, run_sourcer
+    from prefixrl.tasks.arith import ArithVerifier
+
+    out.mkdir(parents=True, exist_ok=True)
+    base_info = train_base(out, s)
+    tokenizer = load_tokenizer(out / "tokenizer.model")
+    engine = engine_factory(out / "base")
+    probe = probe_levels(out, s, engine=engine, tokenizer=tokenizer)
+    engine.update_weights(iter(hf_tensors(out / "base")))
+    exclude = set(json.loads((out / "base_prompts.json").read_text()))
+    splits = make_bench_splits(s, hard=probe["hard_level"], medium=probe["medium_level"], exclude=exclude)
+    verifier, fmt, gen = ArithVerifier(), prompt_formatter(tokenizer), EngineGenerateFn(engine, tokenizer)
+    fig_path = out / "regime.json"
+    if fig_path.exists():
+        return Regime(out=out, tokenizer=tokenizer, splits=splits, figures=json.loads(fig_path.read_text())), engine
+    ecfg = EvalConfig(num_samples=s.probe_k, temperature=1.0, max_tokens=s.gen_tokens, seed=s.seed + 3)
+    base_eval = {name: evaluate(ps, generate_fn=gen, verifier=verifier, format_prompt=fmt, cfg=ecfg).pass_at_k
+                 for name, ps in splits.items()}  # fmt: skip
+    run_sourcer(SourcerConfig(out_dir=str(out / "traces"), model="bench-base", tokenizer=tokenizer_name(tokenizer),
+                              max_attempts=s.source_cap, samples_per_round=min(64, s.source_cap),
+                              problems_per_round=64, max_tokens=s.gen_tokens, seed=s.seed, keep_logprobs=True),
+                splits["train_hard"], generate_fn=gen, verifier=verifier, format_prompt=fmt)  # fmt: skip
+    progress, _ = read_progress(out / "traces")
+    solved = [p for p in splits["train_hard"] if p.problem_id in progress and progress[p.problem_id].solved]
+    figures = {
+        "hard_level_terms": probe["hard_level"], "medium_level_terms": probe["medium_level"],
+        "answer_space": s.max_answer + 1, "train_hard": len(splits["train_hard"]),
+        "base_pass_at_k_train_hard": base_eval["train_hard"][s.probe_k],
+        "base_pass_at_1": {k: v[1] for k, v in base_eval.items()},
+        "base_pass_at_k": {k: v[s.probe_k] for k, v in base_eval.items()}, "k": s.probe_k,
+        "sourced_fraction": len(solved) / len(splits["train_hard"]), "source_cap": s.source_cap,
+        "sourcing_attempts_mean": sum(progress[p.problem_id].num_attempts for p in splits["train_hard"]
+                                      if p.problem_id in progress) / len(splits["train_hard"]),
+        "prefix_success": prefix_success(out, s, solved, engine=engine, tokenizer=tokenizer),
+        "base": {k: v for k, v in base_info.items() if k != "loss_curve"}, "probe": probe,
+    }  # fmt: skip
+    fig_path.write_text(json.dumps(figures, indent=1))
+    return Regime(out=out, tokenizer=tokenizer, splits=splits, figures=figures), engine
+
+
+def prefix_success(out: Path, s: RegimeSettings, solved: list[Problem], *, engine: Any, tokenizer: Any) -> float:
+    """Mean success of the base conditioned on one 40-80% prefix of a sourced trace (probe_k samples each)."""
+    from prefixrl import prefixes
+    from prefixrl.pipeline import prompt_formatter, tokenizer_name
+    from prefixrl.sourcer import load_traces
+    from prefixrl.tasks.arith import ArithVerifier
+
+    chosen = solved[: s.prefix_probe_problems]
+    if not chosen:
+        return 0.0
+    traces = load_traces(out / "traces", problems=chosen)
+    pool, _ = prefixes.build_pool(
+        chosen, traces, strategy=prefixes.FixedRandomCuts(cfg=prefixes.CutConfig(num_cuts=1, low=0.4, high=0.8,
+                                                                                 seed=s.seed)),
+        cfg=prefixes.PoolConfig(max_prompt_tokens=4096, unprefixed_copies=0, shuffle_seed=s.seed),
+        format_prompt=prompt_formatter(tokenizer), policy_tokenizer_name=tokenizer_name(tokenizer),
+        policy_tokenizer=tokenizer)  # fmt: skip
+    outs = engine.generate([p.input_ids for p in pool], n=s.probe_k, max_tokens=s.gen_tokens, temperature=1.0,
+                           seed=s.seed + 4)  # fmt: skip
+    verifier = ArithVerifier()
+    ok = [verifier(p.problem, p.prefix_text + tokenizer.decode(c.token_ids)) for p, cs in zip(pool, outs) for c in cs]
+    return sum(ok) / len(ok)

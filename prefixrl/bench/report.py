@@ -1,0 +1,162 @@
+"""The reproduction benchmark's report: table (markdown + JSON) and plots from out/runs/<method>/seed<k>.json.
+
+Per method: final unprefixed pass@1 on train_hard, heldout_hard and heldout_medium (mean +- std over seeds), final
+entropy, FLOPs to reach sft_rl's final train_hard accuracy, and the paper's two ratios:
+
+    speedup = FLOPs(sft_rl to its final accuracy) / FLOPs(prefixrl to the same accuracy)     (paper: 2)
+    gain    = prefixrl final train_hard pass@1 / rl final train_hard pass@1                   (paper: 3)
+
+FLOPs include the sourcing cost for the methods that use the traces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train_hard", "heldout_hard", "heldout_medium")
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return math.nan, math.nan
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def load_curves(out: Path, methods: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """method -> its finished seeds' curves, in the order of `methods`."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for method in methods:
+        runs = [json.loads(p.read_text()) for p in sorted((out / "runs" / method).glob("seed*.json"))]
+        if runs:
+            curves[method] = runs
+    return curves
+
+
+def summarize(curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The table's numbers (module docstring)."""
+    from prefixrl.bench.reproduce import flops_to_reach
+
+    rows: dict[str, dict[str, Any]] = {}
+    for method, runs in curves.items():
+        row: dict[str, Any] = {"seeds": len(runs)}
+        for split in SPLITS:
+            row[split] = _mean_std([r["points"][-1][f"{split}/pass@1"] for r in runs])
+            row[f"{split}_start"] = _mean_std([r["points"][0][f"{split}/pass@1"] for r in runs])
+        row["entropy_final"] = _mean_std([statistics.fmean([s["entropy"] for s in r["steps"][-5:]])
+                                          if r["steps"] else math.nan for r in runs])  # fmt: skip
+        row["flops_final"] = _mean_std([r["points"][-1]["flops"] for r in runs])
+        row["sourcing_flops"] = runs[0]["sourcing_flops"] if runs[0]["uses_traces"] else 0.0
+        row["steps"] = _mean_std([float(r["points"][-1]["step"]) for r in runs])
+        rows[method] = row
+    report: dict[str, Any] = {"rows": rows}
+    if "sft_rl" in curves:
+        target = rows["sft_rl"]["train_hard"][0]
+        report["target_accuracy"] = target
+        for method, runs in curves.items():
+            rows[method]["flops_to_target"] = _mean_std([flops_to_reach(r["points"], "train_hard/pass@1", target)
+                                                         for r in runs])  # fmt: skip
+        if "prefixrl" in curves:
+            sft, pre = rows["sft_rl"]["flops_to_target"][0], rows["prefixrl"]["flops_to_target"][0]
+            meaningful = target > rows["sft_rl"]["train_hard_start"][0] and pre > 0 and not math.isinf(pre)
+            report["speedup_vs_sft_rl"] = sft / pre if meaningful else math.nan  # nan: sft_rl did not improve
+    if "prefixrl" in rows and "rl" in rows:
+        pre, base = rows["prefixrl"]["train_hard"][0], rows["rl"]["train_hard"][0]
+        report["gain_vs_rl"] = pre / base if base > 0 else (math.inf if pre > 0 else math.nan)
+    return report
+
+
+def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 3) -> str:
+    m, s = ms
+    if math.isnan(m):
+        return "-"
+    if math.isinf(m):
+        return "never"
+    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+
+
+def table_markdown(report: dict[str, Any]) -> str:
+    head = ("| method | seeds | train_hard pass@1 (start -> final) | heldout_hard pass@1 | heldout_medium pass@1 | "
+            "entropy (last 5 steps) | steps | FLOPs at end (1e12) | FLOPs to sft_rl's final (1e12) |")
+    lines = [head, "|" + "---|" * 9]
+    for method, r in report["rows"].items():
+        lines.append(
+            f"| {method} | {r['seeds']} | {_fmt(r['train_hard_start'])} -> {_fmt(r['train_hard'])} | "
+            f"{_fmt(r['heldout_hard'])} | {_fmt(r['heldout_medium'])} | {_fmt(r['entropy_final'])} | "
+            f"{_fmt(r['steps'], digits=0)} | {_fmt(r['flops_final'], 1e-12, 2)} | "
+            f"{_fmt(r.get('flops_to_target', (math.nan, math.nan)), 1e-12, 2)} |")  # fmt: skip
+    lines.append("")
+    if "target_accuracy" in report:
+        lines.append(f"sft_rl final train_hard pass@1 (the target): {report['target_accuracy']:.3f}")
+    if "speedup_vs_sft_rl" in report:
+        lines.append(f"FLOPs ratio sft_rl / prefixrl to reach it (paper: 2): {report['speedup_vs_sft_rl']:.2f}")
+    if "gain_vs_rl" in report:
+        lines.append(f"final train_hard pass@1 prefixrl / rl (paper: 3): {report['gain_vs_rl']:.2f}")
+    return "\n".join(lines) + "\n"
+
+
+def _band(runs: list[dict[str, Any]], series: str, key: str) -> tuple[Any, Any, Any]:
+    import numpy as np
+
+    xs = [np.array([p["flops"] for p in r[series]]) for r in runs]
+    ys = [np.array([p[key] for p in r[series]], dtype=float) for r in runs]
+    hi = min(x[-1] for x in xs)
+    lo = max(x[0] for x in xs)
+    grid = np.linspace(lo, hi, 50) if hi > lo else xs[0]
+    stack = np.stack([np.interp(grid, x, y) for x, y in zip(xs, ys)])
+    return grid, stack.mean(0), stack.std(0)
+
+
+def write_plots(out: Path, curves: dict[str, list[dict[str, Any]]]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, split in zip(axes, SPLITS):
+        for method, runs in curves.items():
+            x, m, sd = _band(runs, "points", f"{split}/pass@1")
+            ax.plot(x, m, label=method)
+            ax.fill_between(x, m - sd, m + sd, alpha=0.2)
+        ax.set(title=f"{split}: unprefixed pass@1", xlabel="FLOPs (sourcing charged to trace methods)",
+               ylabel="pass@1")  # fmt: skip
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "reward_vs_flops.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, runs in curves.items():
+        runs = [r for r in runs if r["steps"]]
+        if runs:
+            x, m, sd = _band(runs, "steps", "entropy")
+            ax.plot(x, m, label=method)
+            ax.fill_between(x, m - sd, m + sd, alpha=0.2)
+    ax.set(title="policy entropy of trained tokens", xlabel="FLOPs", ylabel="entropy (nats)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "entropy.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_report(out: Path, s: Any) -> dict[str, Any]:
+    """out/report/{table.md, results.json, reward_vs_flops.png, entropy.png}; returns the report."""
+    curves = load_curves(out, s.methods)
+    report = summarize(curves)
+    regime_path = out / "regime" / "regime.json"
+    report["regime"] = json.loads(regime_path.read_text()) if regime_path.exists() else {}
+    rep_dir = out / "report"
+    rep_dir.mkdir(parents=True, exist_ok=True)
+    (rep_dir / "table.md").write_text(table_markdown(report))
+    (rep_dir / "results.json").write_text(json.dumps(report, indent=1, default=str))
+    report["plots"] = [str(p) for p in write_plots(rep_dir, curves)]
+    return report

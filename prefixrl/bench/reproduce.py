@@ -1,0 +1,185 @@
+"""`prefixrl bench reproduce --preset smoke|full [--seeds N] [--out DIR]`: the paper's comparison in miniature.
+
+    out/regime/                 base model, tokenizer, splits' figures (regime.json), sourced traces
+    out/runs/<method>/seed<k>.json   one finished (method, seed) curve each; existing ones are not redone
+    out/report/                 table.md, results.json, reward_vs_flops.png, entropy.png
+
+Stages: the hard regime (`prefixrl.bench.regime`), then for each seed PrefixRL first (its FLOPs, sourcing excluded,
+are the budget of every other method of that seed), then the other methods (`prefixrl.bench.methods`), then the
+report. An interrupted benchmark started again with the same arguments resumes: finished stages and runs are read
+back, unfinished ones start over. One process: Megatron TP=1 and the colocated in-process vLLM engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from prefixrl.bench.methods import METHODS, RLSettings
+from prefixrl.bench.regime import RegimeSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, frozen=True)
+class BenchSettings:
+    """One preset: the regime, the shared RL settings, the methods and the number of seeds."""
+
+    regime: RegimeSettings = field(default_factory=RegimeSettings)
+    """Task, base model, sourcing."""
+    rl: RLSettings = field(default_factory=RLSettings)
+    """What every method shares."""
+    methods: tuple[str, ...] = tuple(METHODS)
+    """Methods to run (prefixrl first: it sets the budget)."""
+    seeds: int = 3
+    """Seeds per method (mean +- std in the table)."""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        if not self.methods or self.methods[0] != "prefixrl":
+            raise ValueError(f"methods={self.methods}: prefixrl must come first (its FLOPs are every method's budget)")
+        if self.seeds < 1:
+            raise ValueError(f"seeds={self.seeds} must be >= 1")
+
+
+PRESETS: dict[str, BenchSettings] = {
+    "full": BenchSettings(),
+    "smoke": BenchSettings(
+        regime=RegimeSettings(levels=(2, 3, 4), per_level=300, orders_per_problem=2, sft_steps=60, sft_batch=32,
+                              checkpoints=1, probe_problems=8, target_pass_at_k=0.5, medium_pass_at_k=0.5,
+                              train_hard=16, heldout_hard=8, heldout_medium=8, source_cap=32,
+                              prefix_probe_problems=8, gen_tokens=96),
+        rl=RLSettings(prefixrl_steps=2, max_steps_factor=2.0, prompts_per_step=4, n=4, large_n=8, sft_epochs=1,
+                      sft_batch=16, gen_tokens=96, eval_every=2, eval_samples=2, eval_problems=8),
+        seeds=1,
+    ),
+}  # fmt: skip
+"""Preset name -> settings. full: the write-up's run (about 3 hours on 2 cores with 3 seeds); smoke: the same
+pipeline in minutes (the e2e test), numbers meaningless."""
+
+
+def get_preset(name: str, *, seeds: int | None = None) -> BenchSettings:
+    """The preset called `name` (ValueError listing them otherwise), with `seeds` replaced when given."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available presets: {', '.join(PRESETS)}")
+    s = PRESETS[name]
+    return replace(s, seeds=seeds) if seeds is not None else s
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def run_benchmark(out_dir: str | Path, s: BenchSettings) -> dict[str, Any]:
+    """All stages (module docstring); returns the report. Needs nothing initialised (it initialises Megatron)."""
+    from megatron_ext import runtime
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings_file(out, s)
+    t0 = time.perf_counter()
+    runtime.initialize(seed=s.regime.seed)
+    engine = None
+    try:
+        ctx = _context(out, s)
+        engine = ctx.engine
+        for seed in range(s.seeds):
+            for name in s.methods:
+                path = out / "runs" / name / f"seed{seed}.json"
+                if path.exists():
+                    curve = json.loads(path.read_text())
+                else:
+                    logger.info("bench: %s seed %d", name, seed)
+                    t = time.perf_counter()
+                    curve = METHODS[name](ctx, seed).to_dict()
+                    curve["wall_s"] = time.perf_counter() - t
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(curve))
+                    tmp.replace(path)
+                if name == "prefixrl":
+                    ctx.budget = curve["points"][-1]["flops_rl"]
+    finally:
+        if engine is not None:
+            engine.shutdown()
+        runtime.shutdown()
+    from prefixrl.bench.report import write_report
+
+    report = write_report(out, s)
+    report["wall_s_this_start"] = time.perf_counter() - t0
+    return report
+
+
+def _check_settings_file(out: Path, s: BenchSettings) -> None:
+    """A directory belongs to one set of settings (seeds may grow); refuse to mix two."""
+    path = out / "settings.json"
+    new = asdict(s)
+    if path.exists():
+        old = json.loads(path.read_text())
+        if {k: v for k, v in old.items() if k != "seeds"} != json.loads(json.dumps({k: v for k, v in new.items()
+                                                                                      if k != "seeds"})):
+            raise FileExistsError(f"{out} holds a benchmark with other settings ({path}); choose a new --out")
+    path.write_text(json.dumps(new, indent=1))
+
+
+def _context(out: Path, s: BenchSettings) -> Any:
+    from prefixrl import prefixes
+    from prefixrl.bench.methods import Context
+    from prefixrl.bench.regime import base_corpus, build_regime, _task_cfg
+    from prefixrl.pipeline import SYNTHETIC_MAX_LEN, build_engine, num_params, prompt_formatter, tokenizer_name
+    from prefixrl.records import PrefixedProblem
+    from prefixrl.sourcer import load_traces, read_progress
+    from prefixrl.tasks.arith import ArithVerifier, solutions
+
+    def engine_factory(model_dir: Path) -> Any:
+        return build_engine(model_dir, max_model_len=SYNTHETIC_MAX_LEN, seed=s.regime.seed)
+
+    reg, engine = build_regime(out / "regime", s.regime, engine_factory=engine_factory)
+    tok, fmt, verifier = reg.tokenizer, prompt_formatter(reg.tokenizer), ArithVerifier()
+    train = reg.splits["train_hard"]
+    traces = {t.problem_id: t for t in load_traces(reg.traces_dir, problems=train, verifier=verifier)}
+
+    def pool(unprefixed_copies: int) -> list[PrefixedProblem]:
+        built, _ = prefixes.build_pool(
+            train, traces.values(),
+            strategy=prefixes.FixedRandomCuts(cfg=prefixes.CutConfig(num_cuts=3, low=0.4, high=0.8,
+                                                                     seed=s.regime.seed)),
+            cfg=prefixes.PoolConfig(max_prompt_tokens=SYNTHETIC_MAX_LEN - s.rl.gen_tokens,
+                                    unprefixed_copies=unprefixed_copies, too_long=prefixes.TooLongPolicy.SKIP,
+                                    shuffle_seed=s.regime.seed),
+            format_prompt=fmt, policy_tokenizer_name=tokenizer_name(tok), policy_tokenizer=tok)  # fmt: skip
+        return built
+
+    if not traces:
+        raise RuntimeError(f"rejection sampling found no trace for any of the {len(train)} hard problems (cap "
+                           f"{s.regime.source_cap}); raise regime.source_cap or lower regime.target_pass_at_k")
+    unprefixed = [PrefixedProblem(problem=p, prompt_ids=fmt(p), prefix_ids=[], prefix_text="", cut_frac=0.0)
+                  for p in train]  # fmt: skip
+    cfg = _task_cfg(s.regime, hard=max(s.regime.levels), medium=max(s.regime.levels), seed=s.regime.seed)
+    return Context(
+        s=s.rl, engine=engine, tokenizer=tok, verifier=verifier, format_prompt=fmt, base_dir=str(reg.base_dir),
+        train=train, eval_splits={"train_hard": train, "heldout_hard": reg.splits["heldout_hard"],
+                                  "heldout_medium": reg.splits["heldout_medium"]},
+        traces=traces, sourcing_progress=read_progress(reg.traces_dir)[0],
+        pools={"prefixrl": pool(1), "prefixed_only": pool(0), "unprefixed": unprefixed},
+        num_params=num_params(reg.base_dir, include_embeddings=False),
+        sft_examples=[(p, t) for p in base_corpus(s.regime)
+                      for t in solutions(p, num=s.regime.orders_per_problem, cfg=cfg)],
+    )  # fmt: skip
+
+
+def flops_to_reach(points: list[dict[str, float]], key: str, target: float) -> float:
+    """FLOPs (x) at which the curve `key` first reaches `target`, interpolated linearly; inf if never."""
+    prev = None
+    for p in points:
+        if p[key] >= target:
+            if prev is None or p[key] == prev[key]:
+                return p["flops"]
+            frac = (target - prev[key]) / (p[key] - prev[key])
+            return prev["flops"] + frac * (p["flops"] - prev["flops"])
+        prev = p
+    return math.inf

@@ -1,0 +1,58 @@
+"""`prefixrl bench reproduce --preset smoke` end to end on the real stack: every method runs, the table, the regime
+figures and the plots are produced, and a restart after losing one (method, seed) result redoes only that one.
+No thresholds on the (noisy, tiny) numbers."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefixrl.bench.methods import METHODS
+
+pytestmark = pytest.mark.vllm
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _bench(out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "prefixrl.cli", "bench", "reproduce", "--preset", "smoke", "--out",
+                           str(out)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)  # fmt: skip
+
+
+def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
+    out = tmp_path / "bench"
+    r = _bench(out)
+    assert r.returncode == 0, r.stderr[-4000:]
+    table = (out / "report" / "table.md").read_text()
+    for method in METHODS:
+        assert f"| {method} | 1 |" in table, f"{method} missing from the table:\n{table}"
+    assert "regime: hard =" in r.stdout and "success from a 40-80% prefix" in r.stdout
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert set(results["rows"]) == set(METHODS) and "gain_vs_rl" in results and "speedup_vs_sft_rl" in results
+    for png in ("reward_vs_flops.png", "entropy.png"):
+        assert (out / "report" / png).stat().st_size > 10_000
+    budget = json.loads((out / "runs" / "prefixrl" / "seed0.json").read_text())["points"][-1]["flops_rl"]
+    for method in ("rl", "prefixed_only"):  # cheap steps: they stop on the prefixrl budget, not on the step cap
+        curve = json.loads((out / "runs" / method / "seed0.json").read_text())
+        spent = [p["flops"] for p in curve["steps"]]
+        assert curve["points"][-1]["flops_rl"] >= budget and len(spent) < 4, (method, budget, curve["points"][-1])
+
+    # Lose one result: the restart recomputes it only.
+    lost = out / "runs" / "luffy" / "seed0.json"
+    lost.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/seed0.json")}
+    r = _bench(out)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert lost.exists() and all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    assert "bench: luffy seed 0" in r.stderr and "bench: rl seed 0" not in r.stderr
+
+
+def test_unknown_preset_lists_them(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "prefixrl.cli", "bench", "reproduce", "--preset", "huge", "--out",
+                        str(tmp_path / "x")], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "available presets: full, smoke" in r.stderr
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,107 @@
+"""The reproduction benchmark's pure parts: presets, FLOPs-to-accuracy, the table's ratios, the task splits, and
+the off-policy loss adapters against the pure losses."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from megatron_ext.hooks import MicroBatch, luffy_mixed_loss, off_policy_is_mixed_loss
+from prefixrl import losses
+from prefixrl.bench.regime import RegimeSettings, level_problems, make_bench_splits
+from prefixrl.bench.report import summarize, table_markdown
+from prefixrl.bench.reproduce import PRESETS, BenchSettings, _check_settings_file, flops_to_reach, get_preset
+
+
+def test_presets_and_errors():
+    assert get_preset("smoke", seeds=2).seeds == 2 and get_preset("full").seeds == 3
+    with pytest.raises(ValueError, match="available presets: full, smoke"):
+        get_preset("fast")
+    with pytest.raises(ValueError, match="prefixrl must come first"):
+        BenchSettings(methods=("rl", "prefixrl"))
+    with pytest.raises(ValueError, match="unknown method"):
+        BenchSettings(methods=("prefixrl", "dpo"))
+    full = PRESETS["full"].regime
+    assert full.max_answer + 1 >= 1000 and full.train_hard >= 256 and full.source_cap <= 1024
+
+
+def test_settings_file_refuses_other_settings_but_allows_more_seeds(tmp_path):
+    s = PRESETS["smoke"]
+    _check_settings_file(tmp_path, s)
+    _check_settings_file(tmp_path, replace(s, seeds=3))
+    with pytest.raises(FileExistsError, match="other settings"):
+        _check_settings_file(tmp_path, replace(s, rl=replace(s.rl, n=16)))
+
+
+def test_flops_to_reach_interpolates():
+    pts = [{"flops": 0.0, "a": 0.0}, {"flops": 10.0, "a": 0.2}, {"flops": 20.0, "a": 0.6}]
+    assert flops_to_reach(pts, "a", 0.4) == pytest.approx(15.0)
+    assert flops_to_reach(pts, "a", 0.0) == 0.0
+    assert math.isinf(flops_to_reach(pts, "a", 0.7))
+
+
+def _curve(method, finals, *, flops_per_point=10.0, uses_traces=False):
+    points = [{"flops": i * flops_per_point, "flops_rl": i * flops_per_point, "train_hard/pass@1": a,
+               "heldout_hard/pass@1": 0.0, "heldout_medium/pass@1": 0.0, "step": i} for i, a in enumerate(finals)]
+    return {"method": method, "seed": 0, "uses_traces": uses_traces, "sourcing_flops": 5.0, "points": points,
+            "steps": [{"step": 1, "flops": 1.0, "entropy": 0.5, "reward": 0.0, "grad_norm": 1.0}]}
+
+
+def test_summary_ratios_by_hand():
+    curves = {
+        "prefixrl": [_curve("prefixrl", [0.0, 0.3, 0.6], uses_traces=True)],
+        "rl": [_curve("rl", [0.0, 0.1, 0.2])],
+        "sft_rl": [_curve("sft_rl", [0.0, 0.15, 0.3], uses_traces=True)],
+    }
+    rep = summarize(curves)
+    assert rep["target_accuracy"] == pytest.approx(0.3)
+    assert rep["rows"]["sft_rl"]["flops_to_target"][0] == pytest.approx(20.0)
+    assert rep["rows"]["prefixrl"]["flops_to_target"][0] == pytest.approx(10.0)
+    assert rep["speedup_vs_sft_rl"] == pytest.approx(2.0) and rep["gain_vs_rl"] == pytest.approx(3.0)
+    assert math.isinf(rep["rows"]["rl"]["flops_to_target"][0])
+    text = table_markdown(rep)
+    assert "| prefixrl | 1 | 0.000 ± 0.000 -> 0.600 ± 0.000 |" in text and "never" in text
+
+
+def test_splits_are_disjoint_from_the_base_corpus_and_have_the_levels():
+    s = RegimeSettings(levels=(2, 3, 4), per_level=20, train_hard=30, heldout_hard=10, heldout_medium=10)
+    corpus = {p.prompt for lv in s.levels for p in level_problems(s, level=lv, count=20, tag="sft", seed=0)}
+    blocked = set(list(corpus)[:5]) | {p.prompt for p in level_problems(s, level=4, count=5, tag="x", seed=0)}
+    splits = make_bench_splits(s, hard=4, medium=3, exclude=blocked)
+    assert [len(splits[k]) for k in ("train_hard", "heldout_hard", "heldout_medium")] == [30, 10, 10]
+    prompts = [p.prompt for ps in splits.values() for p in ps]
+    assert len(set(prompts)) == len(prompts) and not set(prompts) & blocked
+    assert all(p.metadata["num_terms"] == 4 for p in splits["train_hard"] + splits["heldout_hard"])
+    assert all(p.metadata["num_terms"] == 3 for p in splits["heldout_medium"])
+    assert all(0 <= int(p.answer) <= s.max_answer for p in splits["train_hard"])
+
+
+def _mb(B=4, T=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(B, T)
+    mask[:, 2:5] = 1.0
+    return MicroBatch(index_B=torch.tensor([3, 1, 0, 2]), tokens_BT=torch.zeros(B, T, dtype=torch.long),
+                      labels_BT=torch.zeros(B, T, dtype=torch.long), loss_mask_BT=mask,
+                      advantages_B=torch.randn(B, generator=g), old_logprobs_BT=-torch.rand(B, T, generator=g))
+
+
+def test_off_policy_adapters_select_rows_by_batch_index():
+    mb = _mb()
+    logp = -torch.rand(4, 6, generator=torch.Generator().manual_seed(1))
+    off_full = torch.tensor([False, False, True, True])  # rows of the full batch
+    w_full = torch.tensor([1.0, 1.0, 0.5, 0.25])
+    off_mb = off_full[mb.index_B].float()  # [True, False, False, True]
+    got, _ = off_policy_is_mixed_loss(off_full, w_full, max_weight=1.0)(logp, mb)
+    on, _ = losses.policy_gradient(logp, mb.advantages_B, mb.loss_mask_BT * (1 - off_mb)[:, None], num_tokens=1.0)
+    off, _ = losses.off_policy_is_loss(logp, mb.old_logprobs_BT, mb.advantages_B, mb.loss_mask_BT * off_mb[:, None],
+                                       num_tokens=1.0, sequence_weights_B=w_full[mb.index_B])
+    assert got.item() == pytest.approx((on + off).item())
+    # all rows on-policy: plain REINFORCE
+    got, _ = off_policy_is_mixed_loss(torch.zeros(4, dtype=torch.bool), torch.ones(4))(logp, mb)
+    ref, _ = losses.policy_gradient(logp, mb.advantages_B, mb.loss_mask_BT, num_tokens=1.0)
+    assert got.item() == pytest.approx(ref.item())
+    got, _ = luffy_mixed_loss(off_full)(logp, mb)
+    ref, _ = losses.luffy_loss(logp, mb.old_logprobs_BT, mb.advantages_B, mb.loss_mask_BT, off_full[mb.index_B],
+                               num_tokens=1.0)
+    assert got.item() == pytest.approx(ref.item())
