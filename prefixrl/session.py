@@ -112,7 +112,7 @@ def prepare_synthetic_for_ranks(cfg: TrainConfig, out: Path, *, rank: int, timeo
     while not (syn_dir / READY).exists():
         if time.monotonic() > deadline:
             raise TimeoutError(f"rank {rank}: rank 0 did not finish preparing {syn_dir} within {timeout_s:.0f} s")
-        time.sleep(2.0)
+        time.sleep(min(2.0, timeout_s / 10))
 
 
 def load_problems_file(cfg: TrainConfig, path: str) -> list[Problem]:
