@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 class RLSettings:
     """What every method shares (a preset of `prefixrl.bench.reproduce` fills them)."""
 
-    prefixrl_steps: int = 40
+    prefixrl_steps: int = 30
     """PrefixRL steps; their FLOPs (without sourcing) are every method's budget."""
     max_steps_factor: float = 3.0
     """No method runs more than this many times prefixrl_steps (a cap for cheap-per-step methods)."""
@@ -63,7 +63,7 @@ class RLSettings:
     """Evaluate every that many steps (and at the start and the end)."""
     eval_samples: int = 8
     """Samples per problem in evaluation (unprefixed, temperature 1)."""
-    eval_problems: int = 128
+    eval_problems: int = 64
     """Problems per evaluation split (the first ones)."""
 
 
