@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 class RegimeSettings:
     """Task, base model and sourcing sizes (a preset of `prefixrl.bench.reproduce` fills them)."""
 
-    levels: tuple[int, ...] = (2, 3, 4, 5, 6)
+    levels: tuple[int, ...] = (2, 4, 6, 8, 10, 12)
     """Chain lengths (number of terms) the base model is trained on; the hard and medium levels are picked among
     them by measurement."""
     per_level: int = 1500
@@ -43,11 +43,14 @@ class RegimeSettings:
     """Worked orders per SFT problem: the left-to-right one first, then random valid ones. The task has many correct
     solutions (any order; the verifier checks the final answer only) whatever the base was taught; with 2 or 3 orders
     the 4-layer base was still prompt-blind after 800 steps (docs/reproduction.md), so the default teaches one."""
-    max_operand: int = 99
-    """Terms are drawn from [1, max_operand]."""
+    first_term_max: int | None = 999
+    """The first term is drawn from [1, first_term_max] (None: max_operand): it spreads the answers over 1,000."""
+    max_operand: int = 9
+    """Later terms are drawn from [1, max_operand]: each line is a one-digit update of the running total. (With
+    two-digit terms, 1,500 x 32 SFT steps left the 4-layer base at chance on every level: docs/reproduction.md.)"""
     max_answer: int = 999
     """Answers and partial sums lie in [0, max_answer]: 1,000 possible answers."""
-    sft_steps: int = 1500
+    sft_steps: int = 1000
     """Base-model SFT steps (cosine schedule to lr/10: the base has levelled off at the end)."""
     sft_batch: int = 32
     """Sequences per SFT step."""
@@ -84,7 +87,7 @@ def _task_cfg(s: RegimeSettings, *, hard: int, medium: int, seed: int) -> Any:
     from prefixrl.tasks.arith import ArithConfig
 
     return ArithConfig(terms={"easy": 2, "medium": medium, "hard": hard}, max_operand=s.max_operand,
-                       max_answer=s.max_answer, seed=seed,
+                       first_term_max=s.first_term_max, max_answer=s.max_answer, seed=seed,
                        sizes={"heldout_hard": s.heldout_hard, "heldout_medium": s.heldout_medium,
                               "train_hard": s.train_hard})  # fmt: skip
 

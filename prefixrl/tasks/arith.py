@@ -55,6 +55,9 @@ class ArithConfig:
     """Split -> number of problems; a split's level is the part of its name after the underscore."""
     max_operand: int = 99
     """Terms are drawn uniformly from [1, max_operand]."""
+    first_term_max: int | None = None
+    """The first term is drawn from [1, first_term_max] (None: max_operand). A large first term with small steps
+    (e.g. 999 and 9) keeps 1,000 possible answers while each line is a one-digit update a tiny model learns fast."""
     max_answer: int = 999
     """Answers and every partial sum of the canonical chain lie in [0, max_answer]."""
     subtract_prob: float = 0.35
@@ -73,6 +76,8 @@ class ArithConfig:
             raise ValueError(f"sizes uses level(s) {missing} that terms={self.terms} does not define; add them")
         if not (1 <= self.max_operand <= self.max_answer):
             raise ValueError(f"need 1 <= max_operand={self.max_operand} <= max_answer={self.max_answer}")
+        if self.first_term_max is not None and not (1 <= self.first_term_max <= self.max_answer):
+            raise ValueError(f"need 1 <= first_term_max={self.first_term_max} <= max_answer={self.max_answer}")
         if not 0.0 <= self.subtract_prob < 1.0:
             raise ValueError(f"subtract_prob={self.subtract_prob} must be in [0, 1)")
 
@@ -100,7 +105,7 @@ def _running_ok(terms: Sequence[int], max_answer: int) -> bool:
 def make_problem(rng: random.Random, *, num_terms: int, cfg: ArithConfig, problem_id: str, level: str) -> Problem:
     """One problem with `num_terms` terms whose left-to-right partial sums stay in [0, cfg.max_answer]."""
     for _ in range(_MAX_TRIES_PER_PROBLEM):
-        terms = [rng.randint(1, cfg.max_operand)]
+        terms = [rng.randint(1, cfg.first_term_max or cfg.max_operand)]
         terms += [rng.randint(1, cfg.max_operand) * (-1 if rng.random() < cfg.subtract_prob else 1)
                   for _ in range(num_terms - 1)]  # fmt: skip
         if _running_ok(terms, cfg.max_answer):

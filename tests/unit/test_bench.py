@@ -75,6 +75,16 @@ def test_splits_are_disjoint_from_the_base_corpus_and_have_the_levels():
     assert all(p.metadata["num_terms"] == 4 for p in splits["train_hard"] + splits["heldout_hard"])
     assert all(p.metadata["num_terms"] == 3 for p in splits["heldout_medium"])
     assert all(0 <= int(p.answer) <= s.max_answer for p in splits["train_hard"])
+    terms = [p.metadata["terms"] for p in splits["train_hard"]]  # a large first term, then one-digit steps
+    assert all(abs(t) <= s.max_operand for ts in terms for t in ts[1:]) and max(ts[0] for ts in terms) > 99
+    assert len({p.answer for p in splits["train_hard"]}) > 20
+
+
+def test_first_term_max_is_validated():
+    from prefixrl.tasks.arith import ArithConfig
+
+    with pytest.raises(ValueError, match="first_term_max=1200"):
+        ArithConfig(first_term_max=1200, max_answer=999)
 
 
 def _mb(B=4, T=6, seed=0):
