@@ -290,7 +290,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "without redoing finished (method, seed) runs. docs/reproduction.md has the full run and its analysis.\n\n"
         "  prefixrl bench reproduce --preset smoke --out runs/repro-smoke      # minutes\n"
         "  prefixrl bench reproduce --preset full --seeds 3 --out runs/repro    # hours on 2 cores")
-    r.add_argument("--preset", required=True, help="smoke or full")
+    r.add_argument("--preset", required=True, help="smoke, small or full")
     r.add_argument("--seeds", type=int, help="seeds per method (default: the preset's)")
     r.add_argument("--out", help="output directory (default runs/repro-<preset>)")
     r.set_defaults(func=_bench_reproduce)

@@ -331,6 +331,7 @@ def more_base(ctx: Context, seed: int) -> Curve:
 
 
 METHODS: dict[str, Callable[[Context, int], Curve]] = {
-    f.__name__: f for f in (prefixrl, prefixed_only, rl, rl_large_n, sft_rl, offpolicy_is, luffy, more_base)
+    f.__name__: f for f in (prefixrl, rl, sft_rl, prefixed_only, more_base, luffy, offpolicy_is, rl_large_n)
 }
-"""Method name -> run function; prefixrl runs first in each seed (it sets the budget)."""
+"""Method name -> run function, in run order: prefixrl first in each seed (it sets the budget), then the paper's two
+headline comparisons, then the rest."""

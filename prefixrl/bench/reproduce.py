@@ -51,6 +51,12 @@ class BenchSettings:
 
 PRESETS: dict[str, BenchSettings] = {
     "full": BenchSettings(),
+    "small": BenchSettings(
+        regime=replace(RegimeSettings(), train_hard=128, heldout_hard=64, heldout_medium=64, source_cap=128,
+                       prefix_probe_problems=32),
+        rl=replace(RLSettings(), prefixrl_steps=20, eval_every=5),
+        seeds=1,
+    ),
     "smoke": BenchSettings(
         regime=RegimeSettings(levels=(2, 3, 4), per_level=300, orders_per_problem=2, sft_steps=60, sft_batch=32,
                               checkpoints=1, probe_problems=8, target_pass_at_k=0.5, medium_pass_at_k=0.5,
@@ -61,8 +67,9 @@ PRESETS: dict[str, BenchSettings] = {
         seeds=1,
     ),
 }  # fmt: skip
-"""Preset name -> settings. full: the write-up's run (about 3 hours on 2 cores with 3 seeds); smoke: the same
-pipeline in minutes (the e2e test), numbers meaningless."""
+"""Preset name -> settings. full: the issue's sizes (256 hard problems, cap 1,024, 3 seeds; several hours on 2 cores);
+small: the same base model and task with 128 hard problems, cap 128, 20 PrefixRL steps and one seed (what
+docs/reproduction.md reports); smoke: the same pipeline in minutes (the e2e test), numbers meaningless."""
 
 
 def get_preset(name: str, *, seeds: int | None = None) -> BenchSettings:

@@ -16,7 +16,7 @@ from prefixrl.bench.reproduce import PRESETS, BenchSettings, _check_settings_fil
 
 def test_presets_and_errors():
     assert get_preset("smoke", seeds=2).seeds == 2 and get_preset("full").seeds == 3
-    with pytest.raises(ValueError, match="available presets: full, smoke"):
+    with pytest.raises(ValueError, match="available presets: full, small, smoke"):
         get_preset("fast")
     with pytest.raises(ValueError, match="prefixrl must come first"):
         BenchSettings(methods=("rl", "prefixrl"))
