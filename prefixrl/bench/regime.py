@@ -147,7 +147,7 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
     _, losses = sft_base_model(out, tokenizer, {}, cfg, steps=s.sft_steps, batch=s.sft_batch, seed=s.seed,
                                examples=examples, lr=s.sft_lr, save_every=save_every)  # fmt: skip
     info = {"sft_steps": s.sft_steps, "sft_examples": len(examples), "sft_problems": len(corpus),
-            "sft_tokens": s.sft_steps * s.sft_batch, "loss_first_last": [losses[0], sum(losses[-20:]) / len(losses[-20:])],
+            "sft_sequences": s.sft_steps * s.sft_batch, "loss_first_last": [losses[0], sum(losses[-20:]) / len(losses[-20:])],
             "loss_curve": losses[:: max(1, len(losses) // 50)]}  # fmt: skip
     (out / "base_prompts.json").write_text(json.dumps(sorted(p.prompt for p in corpus)))
     done.write_text(json.dumps(info, indent=1))
