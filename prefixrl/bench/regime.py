@@ -100,9 +100,14 @@ def level_problems(s: RegimeSettings, *, level: int, count: int, tag: str, seed:
     cfg = _task_cfg(s, hard=level, medium=level, seed=seed)
     rng = random.Random(derive_seed(seed, f"{tag}-{level}"))
     out: dict[str, Problem] = {}
-    while len(out) < count:
+    for _ in range(100 * count):
+        if len(out) == count:
+            break
         p = make_problem(rng, num_terms=level, cfg=cfg, problem_id=f"{tag}-L{level}-{len(out):05d}", level=f"L{level}")
         out.setdefault(p.prompt, p)
+    if len(out) < count:
+        raise ValueError(f"only {len(out)} distinct {level}-term problems exist under max_operand={s.max_operand}, "
+                         f"max_answer={s.max_answer}; lower the count ({count}) or widen the ranges")
     return list(out.values())
 
 
