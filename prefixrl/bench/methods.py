@@ -273,9 +273,8 @@ def _sft_steps(run: _Run, examples: Sequence[tuple[list[int], list[int]]], *, st
 # ------------------------------------------------------------------------------------------------ the methods
 def prefixrl(ctx: Context, seed: int) -> Curve:
     """PrefixRL: on-policy RL over the 3:1 pool of prefixed and unprefixed prompts (sets the FLOPs budget)."""
-    curve = _on_policy(ctx, "prefixrl", seed, pool=ctx.pools["prefixrl"], n=ctx.s.n, uses_traces=True,
-                       steps=ctx.s.prefixrl_steps)  # fmt: skip
-    return curve
+    return _on_policy(ctx, "prefixrl", seed, pool=ctx.pools["prefixrl"], n=ctx.s.n, uses_traces=True,
+                      steps=ctx.s.prefixrl_steps)  # fmt: skip
 
 
 def prefixed_only(ctx: Context, seed: int) -> Curve:

@@ -136,18 +136,29 @@ def _check_settings_file(out: Path, s: BenchSettings) -> None:
 
 
 def _context(out: Path, s: BenchSettings) -> Any:
-    from prefixrl import prefixes
-    from prefixrl.bench.methods import Context
-    from prefixrl.bench.regime import base_corpus, build_regime, _task_cfg
-    from prefixrl.pipeline import SYNTHETIC_MAX_LEN, build_engine, num_params, prompt_formatter, tokenizer_name
-    from prefixrl.records import PrefixedProblem
-    from prefixrl.sourcer import load_traces, read_progress
-    from prefixrl.tasks.arith import ArithVerifier, solutions
+    from prefixrl.bench.regime import build_regime
+    from prefixrl.pipeline import SYNTHETIC_MAX_LEN, build_engine
 
     def engine_factory(model_dir: Path) -> Any:
         return build_engine(model_dir, max_model_len=SYNTHETIC_MAX_LEN, seed=s.regime.seed)
 
     reg, engine = build_regime(out / "regime", s.regime, engine_factory=engine_factory)
+    try:
+        return _context_on(reg, engine, s)
+    except BaseException:
+        engine.shutdown()  # a setup error must not leave the engine to vLLM's exit hook (a second, confusing error)
+        raise
+
+
+def _context_on(reg: Any, engine: Any, s: BenchSettings) -> Any:
+    from prefixrl import prefixes
+    from prefixrl.bench.methods import Context
+    from prefixrl.bench.regime import _task_cfg, base_corpus
+    from prefixrl.pipeline import SYNTHETIC_MAX_LEN, num_params, prompt_formatter, tokenizer_name
+    from prefixrl.records import PrefixedProblem
+    from prefixrl.sourcer import load_traces, read_progress
+    from prefixrl.tasks.arith import ArithVerifier, solutions
+
     tok, fmt, verifier = reg.tokenizer, prompt_formatter(reg.tokenizer), ArithVerifier()
     train = reg.splits["train_hard"]
     traces = {t.problem_id: t for t in load_traces(reg.traces_dir, problems=train, verifier=verifier)}
