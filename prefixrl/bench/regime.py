@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 class RegimeSettings:
     """Task, base model and sourcing sizes (a preset of `prefixrl.bench.reproduce` fills them)."""
 
-    levels: tuple[int, ...] = (2, 4, 6, 8, 10, 12)
+    levels: tuple[int, ...] = (2, 4, 6, 8, 11, 14)
     """Chain lengths (number of terms) the base model is trained on; the hard and medium levels are picked among
     them by measurement."""
     per_level: int = 1500
@@ -50,11 +50,14 @@ class RegimeSettings:
     two-digit terms, 1,500 x 32 SFT steps left the 4-layer base at chance on every level: docs/reproduction.md.)"""
     max_answer: int = 999
     """Answers and partial sums lie in [0, max_answer]: 1,000 possible answers."""
-    sft_steps: int = 1000
+    width: int = 3
+    """Totals and answers are zero-padded to this many digits (`ArithConfig.width`). Unpadded, the 4-layer base was
+    still at chance after 1,000 x 32 SFT steps (docs/reproduction.md)."""
+    sft_steps: int = 1200
     """Base-model SFT steps (cosine schedule to lr/10: the base has levelled off at the end)."""
     sft_batch: int = 32
     """Sequences per SFT step."""
-    sft_lr: float = 3e-3
+    sft_lr: float = 2e-3
     """Peak SFT learning rate."""
     checkpoints: int = 4
     """Base checkpoints saved along the SFT run (plus the final one) for the levelling-off curve."""
@@ -87,7 +90,7 @@ def _task_cfg(s: RegimeSettings, *, hard: int, medium: int, seed: int) -> Any:
     from prefixrl.tasks.arith import ArithConfig
 
     return ArithConfig(terms={"easy": 2, "medium": medium, "hard": hard}, max_operand=s.max_operand,
-                       first_term_max=s.first_term_max, max_answer=s.max_answer, seed=seed,
+                       first_term_max=s.first_term_max, max_answer=s.max_answer, width=s.width, seed=seed,
                        sizes={"heldout_hard": s.heldout_hard, "heldout_medium": s.heldout_medium,
                               "train_hard": s.train_hard})  # fmt: skip
 

@@ -60,6 +60,10 @@ class ArithConfig:
     (e.g. 999 and 9) keeps 1,000 possible answers while each line is a one-digit update a tiny model learns fast."""
     max_answer: int = 999
     """Answers and every partial sum of the canonical chain lie in [0, max_answer]."""
+    width: int = 0
+    """The prompt's first term, every running total and the answer are written zero-padded to this many digits
+    (0: unpadded). Fixed-width numbers put every digit at a fixed offset from the digits it depends on: with width 3
+    the 4-layer base learns the one-digit updates several times faster (docs/reproduction.md)."""
     subtract_prob: float = 0.35
     """Probability that a term after the first is subtracted."""
     seed: int = 0
@@ -78,6 +82,9 @@ class ArithConfig:
             raise ValueError(f"need 1 <= max_operand={self.max_operand} <= max_answer={self.max_answer}")
         if self.first_term_max is not None and not (1 <= self.first_term_max <= self.max_answer):
             raise ValueError(f"need 1 <= first_term_max={self.first_term_max} <= max_answer={self.max_answer}")
+        if self.width and 10**self.width <= self.max_answer:
+            raise ValueError(f"width={self.width} cannot hold max_answer={self.max_answer}; use width >= "
+                             f"{len(str(self.max_answer))} or 0 (unpadded)")
         if not 0.0 <= self.subtract_prob < 1.0:
             raise ValueError(f"subtract_prob={self.subtract_prob} must be in [0, 1)")
 
@@ -87,9 +94,10 @@ def _signed_terms(problem: Problem) -> list[int]:
     return [int(t) for t in problem.metadata["terms"]]
 
 
-def prompt_text(terms: Sequence[int]) -> str:
-    """`Compute 37 + 58 - 12.` for signed terms [37, 58, -12] (the first term is positive)."""
-    body = str(terms[0]) + "".join(f" {'-' if t < 0 else '+'} {abs(t)}" for t in terms[1:])
+def prompt_text(terms: Sequence[int], *, width: int = 0) -> str:
+    """`Compute 37 + 58 - 12.` for signed terms [37, 58, -12] (the first term is positive; zero-padded to `width`
+    digits when width > 0)."""
+    body = f"{terms[0]:0{width}d}" + "".join(f" {'-' if t < 0 else '+'} {abs(t)}" for t in terms[1:])
     return f"Compute {body}."
 
 
@@ -110,7 +118,8 @@ def make_problem(rng: random.Random, *, num_terms: int, cfg: ArithConfig, proble
                   for _ in range(num_terms - 1)]  # fmt: skip
         if _running_ok(terms, cfg.max_answer):
             return Problem(
-                problem_id=problem_id, prompt=prompt_text(terms), answer=str(sum(terms)), source="arith",
+                problem_id=problem_id, prompt=prompt_text(terms, width=cfg.width), answer=str(sum(terms)),
+                source="arith",
                 metadata={"terms": terms, "level": level, "num_terms": num_terms},
             )  # fmt: skip
     raise ValueError(
@@ -152,14 +161,15 @@ def write_problems(path: str | Path, problems: Sequence[Problem]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ solutions
-def chain_text(terms: Sequence[int]) -> str:
-    """The worked chain adding `terms` in the given order, ending with the answer line."""
+def chain_text(terms: Sequence[int], *, width: int = 0) -> str:
+    """The worked chain adding `terms` in the given order, ending with the answer line; running totals and the
+    answer are zero-padded to `width` digits when width > 0."""
     lines, total = [], terms[0]
     for t in terms[1:]:
         new = total + t
-        lines.append(f"{total} {'-' if t < 0 else '+'} {abs(t)} = {new}")
+        lines.append(f"{total:0{width}d} {'-' if t < 0 else '+'} {abs(t)} = {new:0{width}d}")
         total = new
-    return "\n".join([*lines, f"ANSWER: {total}"])
+    return "\n".join([*lines, f"ANSWER: {total:0{width}d}"])
 
 
 def solutions(problem: Problem, *, num: int, cfg: ArithConfig) -> list[str]:
@@ -173,7 +183,7 @@ def solutions(problem: Problem, *, num: int, cfg: ArithConfig) -> list[str]:
         perm = tuple(rng.sample(terms, len(terms)))
         if perm[0] > 0 and perm not in orders and _running_ok(perm, cfg.max_answer):
             orders.append(perm)
-    return [chain_text(o) for o in orders]
+    return [chain_text(o, width=cfg.width) for o in orders]
 
 
 def sft_examples(problems: Sequence[Problem], *, per_problem: int, cfg: ArithConfig) -> list[tuple[Problem, str]]:

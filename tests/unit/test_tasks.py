@@ -45,6 +45,20 @@ def test_problem_shape_and_answer():
     assert chain_text([37, -12, 58]) == "37 - 12 = 25\n25 + 58 = 83\nANSWER: 83"
 
 
+def test_fixed_width_numbers():
+    """width pads the first term, every running total and the answer (not the steps); the verifier reads 076 as 76."""
+    assert prompt_text([7, 58, -12], width=3) == "Compute 007 + 58 - 12."
+    assert chain_text([84, -8, 5], width=3) == "084 - 8 = 076\n076 + 5 = 081\nANSWER: 081"
+    cfg = ArithConfig(width=3, first_term_max=999, max_operand=9)
+    p = make_problem(random.Random(1), num_terms=6, cfg=cfg, problem_id="w", level="hard")
+    assert p.prompt == prompt_text(p.metadata["terms"], width=3) and p.answer == str(sum(p.metadata["terms"]))
+    for text in solutions(p, num=4, cfg=cfg):
+        assert ArithVerifier()(p, text)
+        assert all(len(line.split(" = ")[1]) == 3 for line in text.splitlines()[:-1])
+    with pytest.raises(ValueError, match="width=2 cannot hold max_answer=999"):
+        ArithConfig(width=2)
+
+
 def test_splits_sizes_levels_disjoint_and_deterministic(splits):
     assert {k: len(v) for k, v in splits.items()} == SMALL.sizes
     prompts = [p.prompt for ps in splits.values() for p in ps]
