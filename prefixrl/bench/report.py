@@ -100,6 +100,32 @@ def table_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+REGIME_TARGETS = {"base_pass_at_k_train_hard": ("<=", 0.05), "sourced_fraction": (">=", 0.70),
+                  "prefix_success": (">=", 0.10)}
+"""The issue's three regime figures and their targets (pass@k at most ~2-5 %, >= 70 % sourced, >= 10 % from a
+40-80 % prefix)."""
+
+
+def regime_markdown(regime: dict[str, Any]) -> str:
+    """The regime figures against their targets, and the level probe of every base checkpoint (is it flat?)."""
+    if not regime:
+        return ""
+    lines = ["| regime figure | target | measured | met |", "|---|---|---|---|"]
+    for key, (op, target) in REGIME_TARGETS.items():
+        got = regime[key]
+        met = got <= target if op == "<=" else got >= target
+        lines.append(f"| {key} | {op} {target:.2f} | {got:.3f} | {'yes' if met else 'NO'} |")
+    lines.append(f"\nhard level: {regime['hard_level_terms']} terms, medium level: {regime['medium_level_terms']} "
+                 f"terms, source cap {regime['source_cap']}, k = {regime['k']}\n")
+    curve = regime.get("probe", {}).get("curve", {})
+    if curve:
+        levels = list(next(iter(curve.values())))
+        lines += [f"| base checkpoint | {' | '.join(f'pass@k L{lv}' for lv in levels)} |",
+                  "|---|" + "---|" * len(levels)]
+        lines += [f"| {name} | {' | '.join(f'{c[lv]:.3f}' for lv in levels)} |" for name, c in curve.items()]
+    return "\n".join(lines) + "\n"
+
+
 def _band(runs: list[dict[str, Any]], series: str, key: str) -> tuple[Any, Any, Any]:
     import numpy as np
 
@@ -156,7 +182,7 @@ def write_report(out: Path, s: Any) -> dict[str, Any]:
     report["regime"] = json.loads(regime_path.read_text()) if regime_path.exists() else {}
     rep_dir = out / "report"
     rep_dir.mkdir(parents=True, exist_ok=True)
-    (rep_dir / "table.md").write_text(table_markdown(report))
+    (rep_dir / "table.md").write_text(table_markdown(report) + "\n" + regime_markdown(report["regime"]))
     (rep_dir / "results.json").write_text(json.dumps(report, indent=1, default=str))
     report["plots"] = [str(p) for p in write_plots(rep_dir, curves)]
     return report

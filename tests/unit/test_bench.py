@@ -10,7 +10,7 @@ import torch
 from megatron_ext.hooks import MicroBatch, luffy_mixed_loss, off_policy_is_mixed_loss
 from prefixrl import losses
 from prefixrl.bench.regime import RegimeSettings, level_problems, make_bench_splits
-from prefixrl.bench.report import summarize, table_markdown
+from prefixrl.bench.report import regime_markdown, summarize, table_markdown
 from prefixrl.bench.reproduce import PRESETS, BenchSettings, _check_settings_file, flops_to_reach, get_preset
 
 
@@ -62,6 +62,17 @@ def test_summary_ratios_by_hand():
     assert math.isinf(rep["rows"]["rl"]["flops_to_target"][0])
     text = table_markdown(rep)
     assert "| prefixrl | 1 | 0.000 ± 0.000 -> 0.600 ± 0.000 |" in text and "never" in text
+
+
+def test_regime_markdown_marks_unmet_targets():
+    regime = {"base_pass_at_k_train_hard": 0.03, "sourced_fraction": 0.6, "prefix_success": 0.25,
+              "hard_level_terms": 11, "medium_level_terms": 6, "source_cap": 1024, "k": 8,
+              "probe": {"curve": {"step-00400": {"6": 0.5, "11": 0.1}, "base": {"6": 0.6, "11": 0.04}}}}
+    text = regime_markdown(regime)
+    assert "| base_pass_at_k_train_hard | <= 0.05 | 0.030 | yes |" in text
+    assert "| sourced_fraction | >= 0.70 | 0.600 | NO |" in text and "| prefix_success | >= 0.10 | 0.250 | yes |" in text
+    assert "| base | 0.600 | 0.040 |" in text and "hard level: 11 terms" in text
+    assert regime_markdown({}) == ""
 
 
 def test_splits_are_disjoint_from_the_base_corpus_and_have_the_levels():
