@@ -10,7 +10,8 @@ and the three figures the comparison rests on.
            from the base's SFT prompts
     source rejection sampling with a cap on train_hard (per-problem attempts, every token charged)
     figures base pass@k on train_hard, the fraction of train_hard with a sourced trace, and the success rate of the
-           base conditioned on a 40-80% prefix of a sourced trace
+           base conditioned on a 40-80% prefix of a sourced trace; also the fraction of sourced traces whose chain
+           is sound (`chain_is_sound`: not a lucky guess)
 
 Every step writes its result under the run directory and is skipped when it exists (the benchmark resumes). Needs
 `megatron_ext.runtime.initialize()`; Megatron and vLLM are imported inside the functions.
@@ -221,8 +222,8 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     from prefixrl.engine.generate import EngineGenerateFn
     from prefixrl.evaluation import EvalConfig, evaluate
     from prefixrl.pipeline import load_tokenizer, prompt_formatter, tokenizer_name
-    from prefixrl.sourcer import SourcerConfig, read_progress, run_sourcer
-    from prefixrl.tasks.arith import ArithVerifier
+    from prefixrl.sourcer import SourcerConfig, load_traces, read_progress, run_sourcer
+    from prefixrl.tasks.arith import ArithVerifier, chain_is_sound
 
     out.mkdir(parents=True, exist_ok=True)
     base_info = train_base(out, s)
@@ -245,6 +246,8 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
                 splits["train_hard"], generate_fn=gen, verifier=verifier, format_prompt=fmt)  # fmt: skip
     progress, _ = read_progress(out / "traces")
     solved = [p for p in splits["train_hard"] if p.problem_id in progress and progress[p.problem_id].solved]
+    by_id = {p.problem_id: p for p in splits["train_hard"]}
+    sound = [chain_is_sound(by_id[t.problem_id], t.text) for t in load_traces(out / "traces")]
     figures = {
         "hard_level_terms": probe["hard_level"], "medium_level_terms": probe["medium_level"],
         "answer_space": s.max_answer + 1, "train_hard": len(splits["train_hard"]),
@@ -254,6 +257,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         "sourced_fraction": len(solved) / len(splits["train_hard"]), "source_cap": s.source_cap,
         "sourcing_attempts_mean": sum(progress[p.problem_id].num_attempts for p in splits["train_hard"]
                                       if p.problem_id in progress) / len(splits["train_hard"]),
+        "sound_trace_fraction": sum(sound) / max(1, len(sound)),
         "prefix_success": prefix_success(out, s, solved, engine=engine, tokenizer=tokenizer),
         "base": {k: v for k, v in base_info.items() if k != "loss_curve"}, "probe": probe,
     }  # fmt: skip

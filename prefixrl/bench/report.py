@@ -115,6 +115,9 @@ def regime_markdown(regime: dict[str, Any]) -> str:
         got = regime[key]
         met = got <= target if op == "<=" else got >= target
         lines.append(f"| {key} | {op} {target:.2f} | {got:.3f} | {'yes' if met else 'NO'} |")
+    if "sound_trace_fraction" in regime:
+        lines.append(f"| sound_trace_fraction (sourced traces whose every step is right) | - | "
+                     f"{regime['sound_trace_fraction']:.3f} | - |")
     lines.append(f"\nhard level: {regime['hard_level_terms']} terms, medium level: {regime['medium_level_terms']} "
                  f"terms, source cap {regime['source_cap']}, k = {regime['k']}\n")
     curve = regime.get("probe", {}).get("curve", {})

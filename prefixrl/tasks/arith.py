@@ -205,6 +205,38 @@ def answer_of(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+_LINE_RE = re.compile(r"^(-?\d+) ([+-]) (\d+) = (-?\d+)$")
+
+
+def chain_is_sound(problem: Problem, text: str) -> bool:
+    """True iff `text` is a worked chain that really computes the answer: every line `a +/- d = b` is right, each line
+    starts from the previous total (the first from one of the terms), every term is used exactly once and the answer
+    line repeats the last total. Not the reward (the verifier reads only the answer): a diagnostic that tells a
+    sound solution from a lucky guess whose wrong steps happen to land on the right number."""
+    lines = text.strip().splitlines()
+    if not lines or answer_of(lines[-1]) is None:
+        return False
+    left = sorted(_signed_terms(problem))
+    total: int | None = None
+    for line in lines[:-1]:
+        m = _LINE_RE.match(line.strip())
+        if m is None:
+            return False
+        a, sign, d, b = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+        step = d if sign == "+" else -d
+        if total is None:
+            if a not in left:
+                return False
+            left.remove(a)
+        elif a != total:
+            return False
+        if step not in left or a + step != b:
+            return False
+        left.remove(step)
+        total = b
+    return not left and total is not None and answer_of(lines[-1]) == total
+
+
 @dataclass(slots=True)
 class ArithVerifier:
     """`prefixrl.protocols.Verifier` for this task: the first `ANSWER: n` equals the reference; the chain is not

@@ -10,6 +10,7 @@ from prefixrl.records import Problem
 from prefixrl.tasks.arith import (
     ArithConfig,
     ArithVerifier,
+    chain_is_sound,
     chain_text,
     make_problem,
     make_splits,
@@ -83,6 +84,20 @@ def test_many_correct_chains_all_accepted(splits):
     assert chains[0] == chain_text(p.metadata["terms"])
     for text in chains:
         assert verify(p, text) and text.endswith(f"ANSWER: {p.answer}")
+
+
+def test_chain_is_sound_tells_real_solutions_from_lucky_guesses(splits):
+    p = Problem(problem_id="p", prompt="Compute 10 + 20 - 5.", answer="25", metadata={"terms": [10, 20, -5]})
+    assert chain_is_sound(p, "10 + 20 = 30\n30 - 5 = 25\nANSWER: 25")
+    assert chain_is_sound(p, "20 - 5 = 15\n15 + 10 = 25\nANSWER: 25")  # any order
+    assert chain_is_sound(p, "010 + 20 = 030\n030 - 5 = 025\nANSWER: 025")  # padded
+    assert not chain_is_sound(p, "10 + 20 = 31\n31 - 5 = 25\nANSWER: 25")  # wrong step, right answer
+    assert not chain_is_sound(p, "10 + 20 = 30\n30 - 5 = 25\nANSWER: 26")
+    assert not chain_is_sound(p, "10 + 20 = 30\n30 + 20 = 50\n50 - 5 = 45\nANSWER: 45")  # a term twice
+    assert not chain_is_sound(p, "10 + 20 = 30\nANSWER: 30")  # a term unused
+    assert not chain_is_sound(p, "I know it.\nANSWER: 25")
+    for q in splits["train_hard"][:5]:
+        assert all(chain_is_sound(q, t) for t in solutions(q, num=3, cfg=SMALL))
 
 
 def test_verifier_checks_only_the_final_answer():
