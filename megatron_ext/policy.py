@@ -259,6 +259,17 @@ class MegatronPolicy:
             dist.broadcast(out_BT, src=dist.get_process_group_ranks(group)[-1], group=group)
         return out_BT * batch.loss_mask_BT.gt(0)  # zero outside the mask
 
+    def set_lr(self, lr: float) -> None:
+        """Train at a constant `lr` from now on: the schedule's peak and floor both become `lr` (warm-up steps left,
+        if any, still ramp up to it). For one run with two phases on one optimizer, e.g. SFT then RL."""
+        if not lr > 0:
+            raise ValueError(f"lr={lr} must be > 0")
+        self.scheduler.max_lr = self.scheduler.min_lr = float(lr)
+        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            for group in opt.optimizer.param_groups:
+                group.update({k: float(lr) for k in ("max_lr", "min_lr") if k in group})
+                group["lr"] = self.scheduler.get_lr(group)
+
     def export_hf(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Stream of full HF-named tensors (collective; see megatron_ext.convert.export_hf)."""
         from megatron_ext import convert

@@ -54,7 +54,7 @@ PRESETS: dict[str, BenchSettings] = {
     "small": BenchSettings(
         regime=replace(RegimeSettings(), train_hard=128, heldout_hard=64, heldout_medium=64, source_cap=128,
                        prefix_probe_problems=32),
-        rl=replace(RLSettings(), prefixrl_steps=20, eval_every=5),
+        rl=replace(RLSettings(), prefixrl_steps=12, eval_every=6),
         seeds=1,
     ),
     "smoke": BenchSettings(
@@ -70,7 +70,7 @@ PRESETS: dict[str, BenchSettings] = {
     ),
 }  # fmt: skip
 """Preset name -> settings. full: the issue's sizes (256 hard problems, cap 1,024, 3 seeds; several hours on 2 cores);
-small: the same base model and task with 128 hard problems, cap 128, 20 PrefixRL steps and one seed (what
+small: the same base model and task with 128 hard problems, cap 128, 12 PrefixRL steps and one seed (what
 docs/reproduction.md reports); smoke: the same pipeline in minutes (the e2e test), numbers meaningless."""
 
 

@@ -86,6 +86,15 @@ def test_sft_step_lowers_loss(hf_dir, megatron):
     assert losses[-1] < losses[0] - 0.5, losses
 
 
+def test_set_lr_switches_a_running_schedule(hf_dir, megatron):
+    policy = _policy(hf_dir, micro_batch_size=2)
+    assert policy.train_step(_batch(3), loss=sft_loss)["train/lr"] == pytest.approx(1e-3)
+    policy.set_lr(2e-5)
+    assert policy.train_step(_batch(3), loss=sft_loss)["train/lr"] == pytest.approx(2e-5)
+    with pytest.raises(ValueError, match="lr=0"):
+        policy.set_lr(0)
+
+
 def test_nonfinite_steps_are_skipped_then_fail(hf_dir, megatron):
     policy = _policy(hf_dir)
     bad = dataclasses.replace(_batch(4), advantages_B=torch.tensor([1.0, float("nan"), 0.0, 1.0]))
