@@ -50,7 +50,7 @@ class BenchSettings:
 
 
 PRESETS: dict[str, BenchSettings] = {
-    "full": BenchSettings(),
+    "full": BenchSettings(rl=replace(RLSettings(), prefixrl_steps=12, eval_every=6)),
     "small": BenchSettings(
         regime=replace(RegimeSettings(), train_hard=128, heldout_hard=64, heldout_medium=64, source_cap=128,
                        prefix_probe_problems=32),
@@ -69,7 +69,9 @@ PRESETS: dict[str, BenchSettings] = {
         seeds=1,
     ),
 }  # fmt: skip
-"""Preset name -> settings. full: the issue's sizes (256 hard problems, cap 1,024, 3 seeds; several hours on 2 cores);
+"""Preset name -> settings. full: the issue's sizes (256 hard problems, cap 1,024, 3 seeds) with the small preset's
+12 PrefixRL steps; estimated from the small run's timings at about 4 h on 2 cores (base 32 min, probe 6 min,
+sourcing at cap 1,024 about 40 min, 24 runs of about 7 min), not measured yet;
 small: the same base model and task with 128 hard problems, cap 128, 12 PrefixRL steps and one seed (what
 docs/reproduction.md reports); smoke: the same pipeline in minutes (the e2e test), numbers meaningless."""
 
