@@ -49,12 +49,14 @@ class BenchSettings:
             raise ValueError(f"seeds={self.seeds} must be >= 1")
 
 
+_RL_12_STEPS = replace(RLSettings(), prefixrl_steps=12, eval_every=6)
+
 PRESETS: dict[str, BenchSettings] = {
-    "full": BenchSettings(rl=replace(RLSettings(), prefixrl_steps=12, eval_every=6)),
+    "full": BenchSettings(rl=_RL_12_STEPS),
     "small": BenchSettings(
         regime=replace(RegimeSettings(), train_hard=128, heldout_hard=64, heldout_medium=64, source_cap=128,
                        prefix_probe_problems=32),
-        rl=replace(RLSettings(), prefixrl_steps=12, eval_every=6),
+        rl=_RL_12_STEPS,
         seeds=1,
     ),
     "smoke": BenchSettings(
