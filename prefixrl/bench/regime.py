@@ -51,6 +51,8 @@ class RegimeSettings:
     two-digit terms, 1,500 x 32 SFT steps left the 4-layer base at chance on every level: docs/reproduction.md.)"""
     max_answer: int = 999
     """Answers and partial sums lie in [0, max_answer]: 1,000 possible answers."""
+    labels: bool = True
+    """Terms carry letter labels that each worked line repeats (`ArithConfig.labels`)."""
     width: int = 3
     """Totals and answers are zero-padded to this many digits (`ArithConfig.width`). Unpadded, the 4-layer base was
     still at chance after 1,000 x 32 SFT steps (docs/reproduction.md)."""
@@ -92,7 +94,7 @@ def _task_cfg(s: RegimeSettings, *, hard: int, medium: int, seed: int) -> Any:
     from prefixrl.tasks.arith import ArithConfig
 
     return ArithConfig(terms={"easy": 2, "medium": medium, "hard": hard}, max_operand=s.max_operand,
-                       first_term_max=s.first_term_max, max_answer=s.max_answer, width=s.width, seed=seed,
+                       first_term_max=s.first_term_max, max_answer=s.max_answer, width=s.width, labels=s.labels, seed=seed,
                        sizes={"heldout_hard": s.heldout_hard, "heldout_medium": s.heldout_medium,
                               "train_hard": s.train_hard})  # fmt: skip
 

@@ -40,6 +40,9 @@ SPLITS = ("heldout_hard", "heldout_medium", "train_hard", "train_medium", "train
 
 _MAX_TRIES_PER_PROBLEM = 10_000
 
+LABELS = "abcdefghijklmnopqrstuvwxyz"
+"""Term labels (`ArithConfig.labels`): the i-th term after the first is LABELS[i - 1]."""
+
 
 @dataclass(kw_only=True, frozen=True)
 class ArithConfig:
@@ -64,6 +67,11 @@ class ArithConfig:
     """The prompt's first term, every running total and the answer are written zero-padded to this many digits
     (0: unpadded). Fixed-width numbers put every digit at a fixed offset from the digits it depends on: with width 3
     the 4-layer base learns the one-digit updates several times faster (docs/reproduction.md)."""
+    labels: bool = False
+    """Every term after the first carries a letter label (`Compute 090 a + 5 b - 3.`) that the worked line repeats
+    (`090 a + 5 = 095`), and solution orders keep the first term first. The label turns "which term comes next" into
+    a lookup a tiny model learns at once; without it the 4-layer base copied the wrong term or sign on most lines
+    (docs/reproduction.md). Needs at most 26 terms."""
     subtract_prob: float = 0.35
     """Probability that a term after the first is subtracted."""
     seed: int = 0
@@ -85,6 +93,8 @@ class ArithConfig:
         if self.width and 10**self.width <= self.max_answer:
             raise ValueError(f"width={self.width} cannot hold max_answer={self.max_answer}; use width >= "
                              f"{len(str(self.max_answer))} or 0 (unpadded)")
+        if self.labels and max(self.terms.values()) > len(LABELS) + 1:
+            raise ValueError(f"labels=True names at most {len(LABELS) + 1} terms; terms={self.terms} has more")
         if not 0.0 <= self.subtract_prob < 1.0:
             raise ValueError(f"subtract_prob={self.subtract_prob} must be in [0, 1)")
 
@@ -94,11 +104,15 @@ def _signed_terms(problem: Problem) -> list[int]:
     return [int(t) for t in problem.metadata["terms"]]
 
 
-def prompt_text(terms: Sequence[int], *, width: int = 0) -> str:
+def _step(t: int, label: str | None) -> str:
+    return f"{label + ' ' if label else ''}{'-' if t < 0 else '+'} {abs(t)}"
+
+
+def prompt_text(terms: Sequence[int], *, width: int = 0, labels: bool = False) -> str:
     """`Compute 37 + 58 - 12.` for signed terms [37, 58, -12] (the first term is positive; zero-padded to `width`
-    digits when width > 0)."""
-    body = f"{terms[0]:0{width}d}" + "".join(f" {'-' if t < 0 else '+'} {abs(t)}" for t in terms[1:])
-    return f"Compute {body}."
+    digits when width > 0; `Compute 37 a + 58 b - 12.` with labels)."""
+    steps = [_step(t, LABELS[i] if labels else None) for i, t in enumerate(terms[1:])]
+    return f"Compute {' '.join([f'{terms[0]:0{width}d}', *steps])}."
 
 
 def _running_ok(terms: Sequence[int], max_answer: int) -> bool:
@@ -118,7 +132,7 @@ def make_problem(rng: random.Random, *, num_terms: int, cfg: ArithConfig, proble
                   for _ in range(num_terms - 1)]  # fmt: skip
         if _running_ok(terms, cfg.max_answer):
             return Problem(
-                problem_id=problem_id, prompt=prompt_text(terms, width=cfg.width), answer=str(sum(terms)),
+                problem_id=problem_id, prompt=prompt_text(terms, width=cfg.width, labels=cfg.labels), answer=str(sum(terms)),
                 source="arith",
                 metadata={"terms": terms, "level": level, "num_terms": num_terms},
             )  # fmt: skip
@@ -161,13 +175,13 @@ def write_problems(path: str | Path, problems: Sequence[Problem]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ solutions
-def chain_text(terms: Sequence[int], *, width: int = 0) -> str:
+def chain_text(terms: Sequence[int], *, width: int = 0, labels: Sequence[str] | None = None) -> str:
     """The worked chain adding `terms` in the given order, ending with the answer line; running totals and the
-    answer are zero-padded to `width` digits when width > 0."""
+    answer are zero-padded to `width` digits when width > 0; `labels[i]` names the term added on line i."""
     lines, total = [], terms[0]
-    for t in terms[1:]:
+    for i, t in enumerate(terms[1:]):
         new = total + t
-        lines.append(f"{total:0{width}d} {'-' if t < 0 else '+'} {abs(t)} = {new:0{width}d}")
+        lines.append(f"{total:0{width}d} {_step(t, labels[i] if labels else None)} = {new:0{width}d}")
         total = new
     return "\n".join([*lines, f"ANSWER: {total:0{width}d}"])
 
@@ -176,14 +190,18 @@ def solutions(problem: Problem, *, num: int, cfg: ArithConfig) -> list[str]:
     """Up to `num` distinct correct worked chains: the left-to-right order first, then random valid orders."""
     terms = _signed_terms(problem)
     rng = random.Random(derive_seed(cfg.seed, problem.problem_id))
-    orders: list[tuple[int, ...]] = [tuple(terms)]
+    orders: list[tuple[int, ...]] = [tuple(range(len(terms)))]  # term indices
     for _ in range(20 * num):
         if len(orders) >= num:
             break
-        perm = tuple(rng.sample(terms, len(terms)))
-        if perm[0] > 0 and perm not in orders and _running_ok(perm, cfg.max_answer):
+        perm = (0, *rng.sample(range(1, len(terms)), len(terms) - 1)) if cfg.labels else tuple(
+            rng.sample(range(len(terms)), len(terms)))
+        signed = [terms[i] for i in perm]
+        if signed[0] > 0 and perm not in orders and tuple(signed) not in {tuple(terms[i] for i in o) for o in orders} \
+                and _running_ok(signed, cfg.max_answer):
             orders.append(perm)
-    return [chain_text(o, width=cfg.width) for o in orders]
+    return [chain_text([terms[i] for i in o], width=cfg.width,
+                       labels=[LABELS[i - 1] for i in o[1:]] if cfg.labels else None) for o in orders]
 
 
 def sft_examples(problems: Sequence[Problem], *, per_problem: int, cfg: ArithConfig) -> list[tuple[Problem, str]]:
@@ -205,25 +223,33 @@ def answer_of(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-_LINE_RE = re.compile(r"^(-?\d+) ([+-]) (\d+) = (-?\d+)$")
+_LINE_RE = re.compile(r"^(-?\d+) (?:([a-z]) )?([+-]) (\d+) = (-?\d+)$")
+
+
+_LABELLED_RE = re.compile(r" a [+-] \d")
 
 
 def chain_is_sound(problem: Problem, text: str) -> bool:
     """True iff `text` is a worked chain that really computes the answer: every line `a +/- d = b` is right, each line
-    starts from the previous total (the first from one of the terms), every term is used exactly once and the answer
-    line repeats the last total. Not the reward (the verifier reads only the answer): a diagnostic that tells a
+    starts from the previous total (the first from one of the terms), every term is used exactly once (by its label
+    when the problem has labels) and the answer line repeats the last total. Not the reward (the verifier reads only the answer): a diagnostic that tells a
     sound solution from a lucky guess whose wrong steps happen to land on the right number."""
     lines = text.strip().splitlines()
     if not lines or answer_of(lines[-1]) is None:
         return False
-    left = sorted(_signed_terms(problem))
+    terms = _signed_terms(problem)
+    labelled = _LABELLED_RE.search(problem.prompt) is not None
+    left = sorted(terms)
+    unused = dict(zip(LABELS, terms[1:]))
     total: int | None = None
     for line in lines[:-1]:
         m = _LINE_RE.match(line.strip())
-        if m is None:
+        if m is None or (m.group(2) is not None) != labelled:
             return False
-        a, sign, d, b = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+        a, label, sign, d, b = int(m.group(1)), m.group(2), m.group(3), int(m.group(4)), int(m.group(5))
         step = d if sign == "+" else -d
+        if label is not None and unused.pop(label, None) != step:
+            return False
         if total is None:
             if a not in left:
                 return False

@@ -60,6 +60,29 @@ def test_fixed_width_numbers():
         ArithConfig(width=2)
 
 
+def test_labelled_terms():
+    """labels name every term after the first; each line repeats the label; orders keep the first term first; the
+    sound check follows the labels (a right number under the wrong label is not sound)."""
+    assert prompt_text([90, 5, -7], width=3, labels=True) == "Compute 090 a + 5 b - 7."
+    assert chain_text([90, -7, 5], width=3, labels=["b", "a"]) == "090 b - 7 = 083\n083 a + 5 = 088\nANSWER: 088"
+    cfg = ArithConfig(width=3, first_term_max=999, max_operand=9, labels=True, terms={"hard": 6}, sizes={})
+    p = make_problem(random.Random(3), num_terms=6, cfg=cfg, problem_id="l", level="hard")
+    assert p.prompt == prompt_text(p.metadata["terms"], width=3, labels=True)
+    texts = solutions(p, num=4, cfg=cfg)
+    assert len(texts) == 4 and len(set(texts)) == 4
+    for text in texts:
+        first = text.splitlines()[0]
+        assert first.startswith(f"{p.metadata['terms'][0]:03d} ") and ArithVerifier()(p, text)
+        assert chain_is_sound(p, text)
+    lines = texts[0].splitlines()
+    swapped = "\n".join([lines[0].replace(" a ", " b "), *lines[1:]])
+    assert not chain_is_sound(p, swapped)
+    unlabelled = "\n".join([*(ln.split(" ", 2)[0] + " " + ln.split(" ", 2)[2] for ln in lines[:-1]), lines[-1]])
+    assert ArithVerifier()(p, unlabelled) and not chain_is_sound(p, unlabelled)
+    with pytest.raises(ValueError, match="labels=True names at most 27 terms"):
+        ArithConfig(labels=True, terms={"hard": 30}, sizes={})
+
+
 def test_splits_sizes_levels_disjoint_and_deterministic(splits):
     assert {k: len(v) for k, v in splits.items()} == SMALL.sizes
     prompts = [p.prompt for ps in splits.values() for p in ps]
