@@ -63,7 +63,8 @@ class RLSettings:
     gen_tokens: int = 224
     """Generation cap."""
     eval_every: int = 10
-    """Evaluate every that many steps (and at the start and the end)."""
+    """PrefixRL evaluates every that many steps, every other method at the same FLOPs intervals (and all at the
+    start and the end)."""
     eval_samples: int = 8
     """Samples per problem in evaluation (unprefixed, temperature 1)."""
     eval_problems: int = 64
@@ -156,6 +157,7 @@ class _Run:
             charge_sourcing(self.flops, ctx.sourcing_progress)
         self.curve = Curve(method=method, seed=seed, uses_traces=uses_traces, sourcing_flops=self.flops.sourcing)
         self.step = 0
+        self.evals_done_by_flops = 0
         self.sync()
         self.point()
 
@@ -183,8 +185,21 @@ class _Run:
         self.curve.steps.append({"step": self.step, "flops": self.flops.total(include_sourcing=True),
                                  "entropy": m.get("policy/entropy", math.nan), "reward": reward,
                                  "grad_norm": m.get("policy/grad_norm", math.nan)})  # fmt: skip
-        if self.step % self.ctx.s.eval_every == 0:
+        if self._eval_due():
             self.point()
+
+    def _eval_due(self) -> bool:
+        """PrefixRL (no budget yet) evaluates every eval_every steps; every other method each time it has spent
+        another eval_every PrefixRL steps' worth of FLOPs, so curves are sampled at the same FLOPs whatever a step
+        costs (an SFT step is far cheaper than an RL step: by steps, more_base evaluated 20 times per run)."""
+        s = self.ctx.s
+        if not self.ctx.budget:
+            return self.step % s.eval_every == 0
+        every = self.ctx.budget * s.eval_every / s.prefixrl_steps
+        if self.spent() < every * self.evals_done_by_flops + every * 0.999:
+            return False
+        self.evals_done_by_flops = int(self.spent() / every + 1e-3)
+        return True
 
     def finish(self) -> Curve:
         if self.curve.points[-1]["step"] != self.step:

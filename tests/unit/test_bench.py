@@ -126,3 +126,24 @@ def test_off_policy_adapters_select_rows_by_batch_index():
     ref, _ = losses.luffy_loss(logp, mb.old_logprobs_BT, mb.advantages_B, mb.loss_mask_BT, off_full[mb.index_B],
                                num_tokens=1.0)
     assert got.item() == pytest.approx(ref.item())
+
+
+def test_methods_after_prefixrl_evaluate_at_flops_intervals():
+    """With a budget B, eval_every=6 of prefixrl_steps=12 means a point each time another B/2 is spent, however
+    many (cheap SFT or costly large-n) steps that takes; without a budget (PrefixRL itself) every 6 steps."""
+    from types import SimpleNamespace
+
+    from prefixrl.bench.methods import RLSettings, _Run
+
+    run = object.__new__(_Run)
+    run.ctx = SimpleNamespace(s=replace(RLSettings(), prefixrl_steps=12, eval_every=6), budget=100.0)
+    run.evals_done_by_flops, spent = 0, 0.0
+    run.spent = lambda: spent
+    due = []
+    for spent in (10.0, 40.0, 49.99, 60.0, 99.0, 100.0, 120.0, 260.0, 280.0):
+        due.append(run._eval_due())
+    assert due == [False, False, True, False, False, True, False, True, False]  # 260 skips 150 and 200: one point
+    run.ctx.budget, run.step = 0.0, 6
+    assert run._eval_due()
+    run.step = 7
+    assert not run._eval_due()
