@@ -293,6 +293,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--preset", required=True, help="smoke, small or full")
     r.add_argument("--seeds", type=int, help="seeds per method (default: the preset's)")
     r.add_argument("--out", help="output directory (default runs/repro-<preset>)")
+    r.add_argument("--base-from", metavar="DIR",
+                   help="reuse the trained base model (and its level probe) of another benchmark directory whose base "
+                   "settings match, instead of training one (the longest stage)")
     r.set_defaults(func=_bench_reproduce)
 
 
@@ -303,7 +306,7 @@ def _bench_reproduce(args: argparse.Namespace) -> None:
 
     settings = get_preset(args.preset, seeds=args.seeds)
     out = args.out or f"runs/repro-{args.preset}"
-    report = run_benchmark(out, settings)
+    report = run_benchmark(out, settings, base_from=args.base_from)
     print((Path(out) / "report" / "table.md").read_text())
     reg = report.get("regime", {})
     if reg:

@@ -166,6 +166,42 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
     return info
 
 
+BASE_FIELDS = ("levels", "per_level", "orders_per_problem", "first_term_max", "max_operand", "max_answer", "labels",
+               "width", "sft_steps", "sft_batch", "sft_lr", "checkpoints", "seed")
+"""The RegimeSettings fields the base model (and its tokenizer) depends on."""
+PROBE_FIELDS = (*BASE_FIELDS, "probe_problems", "probe_k", "target_pass_at_k", "medium_pass_at_k", "gen_tokens")
+"""The fields the level probe depends on as well."""
+
+
+def adopt_base(src: Path, out: Path, s: RegimeSettings, src_settings: dict[str, Any]) -> list[str]:
+    """Copy a finished base stage (and its level probe, when the probe settings match too) from another benchmark's
+    regime directory `src`, whose RegimeSettings were `src_settings`; returns what was copied. The base takes the
+    longest of all stages (tens of minutes), and presets and seeds that share its settings need not redo it. A base
+    trained with other settings is refused with the fields that differ. Nothing is copied when `out` has a base."""
+    import shutil
+
+    if (out / "base.json").exists():
+        return []
+    if not (src / "base.json").exists():
+        raise FileNotFoundError(f"{src} has no finished base (no base.json); point --base-from at a benchmark "
+                                "directory whose base stage finished")
+    mine = json.loads(json.dumps({f: getattr(s, f) for f in PROBE_FIELDS}))
+    differ = [f for f in BASE_FIELDS if src_settings.get(f) != mine[f]]
+    if differ:
+        raise ValueError("the base in " + str(src) + " was trained with other settings: "
+                         + ", ".join(f"{f}={src_settings.get(f)!r} (here {mine[f]!r})" for f in differ)
+                         + "; train a new base (drop --base-from) or use a preset with the same base settings")
+    out.mkdir(parents=True, exist_ok=True)
+    names = ["tokenizer.model", "base_prompts.json", "base", "init", "checkpoints"]
+    if (src / "probe.json").exists() and all(src_settings.get(f) == mine[f] for f in PROBE_FIELDS):
+        names.append("probe.json")
+    copied = [n for n in names if (src / n).exists()]
+    for n in copied:
+        (shutil.copytree if (src / n).is_dir() else shutil.copy2)(src / n, out / n)
+    shutil.copy2(src / "base.json", out / "base.json")  # last: it marks the stage done
+    return [*copied, "base.json"]
+
+
 def hf_tensors(model_dir: Path) -> list[tuple[str, Any]]:
     """An HF checkpoint's tensors (for pushing a saved checkpoint into a running engine)."""
     from safetensors.torch import load_file

@@ -87,13 +87,24 @@ def get_preset(name: str, *, seeds: int | None = None) -> BenchSettings:
 
 
 # ------------------------------------------------------------------------------------------------ the run
-def run_benchmark(out_dir: str | Path, s: BenchSettings) -> dict[str, Any]:
-    """All stages (module docstring); returns the report. Needs nothing initialised (it initialises Megatron)."""
+def run_benchmark(out_dir: str | Path, s: BenchSettings, *, base_from: str | Path | None = None) -> dict[str, Any]:
+    """All stages (module docstring); returns the report. `base_from`: another benchmark directory whose finished
+    base stage (same base settings) is copied instead of training one (`regime.adopt_base`). Needs nothing
+    initialised (it initialises Megatron)."""
     from megatron_ext import runtime
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings_file(out, s)
+    if base_from is not None:
+        from prefixrl.bench.regime import adopt_base
+
+        src = Path(base_from)
+        if not (src / "settings.json").exists():
+            raise FileNotFoundError(f"--base-from {src}: no settings.json there; give a benchmark's --out directory")
+        copied = adopt_base(src / "regime", out / "regime", s.regime,
+                            json.loads((src / "settings.json").read_text())["regime"])  # fmt: skip
+        logger.info("bench: base stage from %s: %s", src, copied or "kept (this directory has a base)")
     t0 = time.perf_counter()
     runtime.initialize(seed=s.regime.seed)
     engine = None

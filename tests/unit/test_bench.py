@@ -147,3 +147,30 @@ def test_methods_after_prefixrl_evaluate_at_flops_intervals():
     assert run._eval_due()
     run.step = 7
     assert not run._eval_due()
+
+
+def test_adopt_base_copies_a_matching_base_and_refuses_another(tmp_path):
+    """--base-from: a base trained with the same settings is copied (its probe too when the probe settings match);
+    one trained with other settings is refused naming the field; a directory with its own base keeps it."""
+    import json
+    from dataclasses import asdict
+
+    from prefixrl.bench.regime import adopt_base
+
+    s = RegimeSettings()
+    src = tmp_path / "src"
+    (src / "base").mkdir(parents=True)
+    (src / "base" / "model.safetensors").write_text("w")
+    for name in ("tokenizer.model", "base_prompts.json", "probe.json", "base.json"):
+        (src / name).write_text("{}")
+    settings = json.loads(json.dumps(asdict(s)))
+    copied = adopt_base(src, tmp_path / "a", s, settings)
+    assert "probe.json" in copied and (tmp_path / "a" / "base" / "model.safetensors").read_text() == "w"
+    assert adopt_base(src, tmp_path / "a", s, {}) == []  # has its own base: untouched, no check needed
+    copied = adopt_base(src, tmp_path / "b", replace(s, probe_k=4), settings)
+    assert "probe.json" not in copied and (tmp_path / "b" / "base.json").exists()
+    with pytest.raises(ValueError, match=r"sft_steps=1200 \(here 99\)"):
+        adopt_base(src, tmp_path / "c", replace(s, sft_steps=99), settings)
+    assert not (tmp_path / "c" / "base.json").exists()
+    with pytest.raises(FileNotFoundError, match="no finished base"):
+        adopt_base(tmp_path / "nothing", tmp_path / "d", s, settings)
