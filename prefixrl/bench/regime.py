@@ -56,9 +56,10 @@ class RegimeSettings:
     width: int = 3
     """Totals and answers are zero-padded to this many digits (`ArithConfig.width`). Unpadded, the 4-layer base was
     still at chance after 1,000 x 32 SFT steps (docs/reproduction.md)."""
-    sft_steps: int = 1200
-    """Base-model SFT steps (cosine schedule to lr/10). 1,200 is what a session affords, and it is NOT enough: the
-    probe was still rising at the last checkpoint (docs/reproduction.md); the issue wants a levelled-off base."""
+    sft_steps: int = 2000
+    """Base-model SFT steps (cosine schedule to lr/10), about 55 min on 2 cores. With 1,200 steps (unlabelled terms)
+    the probe was still rising at the last checkpoint; the probe curve in regime.json shows whether this base
+    levelled off (docs/reproduction.md). Train it once and share it: `--base-from`."""
     sft_batch: int = 32
     """Sequences per SFT step."""
     sft_lr: float = 2e-3
