@@ -169,7 +169,7 @@ def test_adopt_base_copies_a_matching_base_and_refuses_another(tmp_path):
     assert adopt_base(src, tmp_path / "a", s, {}) == []  # has its own base: untouched, no check needed
     copied = adopt_base(src, tmp_path / "b", replace(s, probe_k=4), settings)
     assert "probe.json" not in copied and (tmp_path / "b" / "base.json").exists()
-    with pytest.raises(ValueError, match=r"sft_steps=1200 \(here 99\)"):
+    with pytest.raises(ValueError, match=rf"sft_steps={s.sft_steps} \(here 99\)"):
         adopt_base(src, tmp_path / "c", replace(s, sft_steps=99), settings)
     assert not (tmp_path / "c" / "base.json").exists()
     with pytest.raises(FileNotFoundError, match="no finished base"):
