@@ -66,6 +66,11 @@ class RegimeSettings:
     """Peak SFT learning rate."""
     checkpoints: int = 4
     """Base checkpoints saved along the SFT run (plus the final one) for the levelling-off curve."""
+    base_checkpoint: str = "base"
+    """The base every method starts from: "base" (the end of the SFT schedule) or a saved checkpoint such as
+    "step-01200", for when the final base is already too strong for a hard level to exist (the issue: pick one
+    inside the learning window). The probe measures every checkpoint, so regime/probe.json is what to choose from;
+    the hard and medium levels are picked on the chosen one. Not part of the base: `--base-from` still reuses it."""
     probe_problems: int = 64
     """Fresh problems per level for the level probe."""
     probe_k: int = 8
@@ -230,13 +235,27 @@ def probe_levels(out: Path, s: RegimeSettings, *, engine: Any, tokenizer: Any) -
         curve[ck.name] = {lv: evaluate(ps, generate_fn=gen, verifier=ArithVerifier(), format_prompt=fmt,
                                        cfg=ecfg).pass_at_k[s.probe_k] for lv, ps in probes.items()}  # fmt: skip
         logger.info("probe %s: %s", ck.name, curve[ck.name])
-    final = curve["base"]
-    hard = next((lv for lv in s.levels if final[lv] <= s.target_pass_at_k), max(s.levels))
-    medium = max((lv for lv in s.levels if lv < hard and final[lv] >= s.medium_pass_at_k), default=min(s.levels))
-    info = {"pass_at_k": s.probe_k, "curve": {k: {str(lv): v for lv, v in c.items()} for k, c in curve.items()},
-            "hard_level": hard, "medium_level": medium}  # fmt: skip
+    info = {"pass_at_k": s.probe_k, "curve": {k: {str(lv): v for lv, v in c.items()} for k, c in curve.items()}}
     done.write_text(json.dumps(info, indent=1))
     return info
+
+
+def pick_levels(probe: dict[str, Any], s: RegimeSettings) -> tuple[int, int]:
+    """(hard, medium) on the chosen base's probe row: the shortest chain with pass@k <= target_pass_at_k (else the
+    longest level), and the longest shorter one with pass@k >= medium_pass_at_k (else the shortest level)."""
+    row = {int(lv): v for lv, v in probe["curve"][s.base_checkpoint].items()}
+    hard = next((lv for lv in s.levels if row[lv] <= s.target_pass_at_k), max(s.levels))
+    medium = max((lv for lv in s.levels if lv < hard and row[lv] >= s.medium_pass_at_k), default=min(s.levels))
+    return hard, medium
+
+
+def base_checkpoint_dir(out: Path, s: RegimeSettings) -> Path:
+    """The directory of `s.base_checkpoint` under the regime directory `out` (ValueError listing the saved ones)."""
+    path = out / "base" if s.base_checkpoint == "base" else out / "checkpoints" / s.base_checkpoint
+    if not (path / "config.json").exists():
+        saved = ["base", *(p.name for p in sorted((out / "checkpoints").glob("step-*")))]
+        raise ValueError(f"base_checkpoint={s.base_checkpoint!r} is not a saved base under {out}; choose one of {saved}")
+    return path
 
 
 @dataclass(slots=True)
@@ -244,13 +263,10 @@ class Regime:
     """What the later stages need: the splits, the tokenizer, and where the base and the traces are."""
 
     out: Path
+    base_dir: Path
     tokenizer: Any
     splits: dict[str, list[Problem]]
     figures: dict[str, Any]
-
-    @property
-    def base_dir(self) -> Path:
-        return self.out / "base"
 
     @property
     def traces_dir(self) -> Path:
@@ -268,15 +284,18 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     out.mkdir(parents=True, exist_ok=True)
     base_info = train_base(out, s)
     tokenizer = load_tokenizer(out / "tokenizer.model")
-    engine = engine_factory(out / "base")
+    base_dir = base_checkpoint_dir(out, s)
+    engine = engine_factory(base_dir)
     probe = probe_levels(out, s, engine=engine, tokenizer=tokenizer)
-    engine.update_weights(iter(hf_tensors(out / "base")))
+    engine.update_weights(iter(hf_tensors(base_dir)))
+    hard_level, medium_level = pick_levels(probe, s)
     exclude = set(json.loads((out / "base_prompts.json").read_text()))
-    splits = make_bench_splits(s, hard=probe["hard_level"], medium=probe["medium_level"], exclude=exclude)
+    splits = make_bench_splits(s, hard=hard_level, medium=medium_level, exclude=exclude)
     verifier, fmt, gen = ArithVerifier(), prompt_formatter(tokenizer), EngineGenerateFn(engine, tokenizer)
     fig_path = out / "regime.json"
     if fig_path.exists():
-        return Regime(out=out, tokenizer=tokenizer, splits=splits, figures=json.loads(fig_path.read_text())), engine
+        return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits,
+                      figures=json.loads(fig_path.read_text())), engine  # fmt: skip
     ecfg = EvalConfig(num_samples=s.probe_k, temperature=1.0, max_tokens=s.gen_tokens, seed=s.seed + 3)
     base_eval = {name: evaluate(ps, generate_fn=gen, verifier=verifier, format_prompt=fmt, cfg=ecfg).pass_at_k
                  for name, ps in splits.items()}  # fmt: skip
@@ -289,7 +308,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     by_id = {p.problem_id: p for p in splits["train_hard"]}
     sound = [chain_is_sound(by_id[t.problem_id], t.text) for t in load_traces(out / "traces")]
     figures = {
-        "hard_level_terms": probe["hard_level"], "medium_level_terms": probe["medium_level"],
+        "base_checkpoint": s.base_checkpoint, "hard_level_terms": hard_level, "medium_level_terms": medium_level,
         "answer_space": s.max_answer + 1, "train_hard": len(splits["train_hard"]),
         "base_pass_at_k_train_hard": base_eval["train_hard"][s.probe_k],
         "base_pass_at_1": {k: v[1] for k, v in base_eval.items()},
@@ -302,7 +321,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         "base": {k: v for k, v in base_info.items() if k != "loss_curve"}, "probe": probe,
     }  # fmt: skip
     fig_path.write_text(json.dumps(figures, indent=1))
-    return Regime(out=out, tokenizer=tokenizer, splits=splits, figures=figures), engine
+    return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
 
 
 def prefix_success(out: Path, s: RegimeSettings, solved: list[Problem], *, engine: Any, tokenizer: Any) -> float:

@@ -118,8 +118,9 @@ def regime_markdown(regime: dict[str, Any]) -> str:
     if "sound_trace_fraction" in regime:
         lines.append(f"| sound_trace_fraction (sourced traces whose every step is right) | - | "
                      f"{regime['sound_trace_fraction']:.3f} | - |")
-    lines.append(f"\nhard level: {regime['hard_level_terms']} terms, medium level: {regime['medium_level_terms']} "
-                 f"terms, source cap {regime['source_cap']}, k = {regime['k']}\n")
+    lines.append(f"\nbase: {regime.get('base_checkpoint', 'base')}, hard level: {regime['hard_level_terms']} terms, "
+                 f"medium level: {regime['medium_level_terms']} terms, source cap {regime['source_cap']}, "
+                 f"k = {regime['k']}\n")
     curve = regime.get("probe", {}).get("curve", {})
     if curve:
         levels = list(next(iter(curve.values())))

@@ -71,7 +71,7 @@ def test_regime_markdown_marks_unmet_targets():
     text = regime_markdown(regime)
     assert "| base_pass_at_k_train_hard | <= 0.05 | 0.030 | yes |" in text
     assert "| sourced_fraction | >= 0.70 | 0.600 | NO |" in text and "| prefix_success | >= 0.10 | 0.250 | yes |" in text
-    assert "| base | 0.600 | 0.040 |" in text and "hard level: 11 terms" in text
+    assert "| base | 0.600 | 0.040 |" in text and "base: base, hard level: 11 terms" in text
     assert regime_markdown({}) == ""
 
 
@@ -174,3 +174,20 @@ def test_adopt_base_copies_a_matching_base_and_refuses_another(tmp_path):
     assert not (tmp_path / "c" / "base.json").exists()
     with pytest.raises(FileNotFoundError, match="no finished base"):
         adopt_base(tmp_path / "nothing", tmp_path / "d", s, settings)
+
+
+def test_levels_are_picked_on_the_chosen_base_checkpoint(tmp_path):
+    """The hard level is the shortest at or under the target on the chosen checkpoint's probe row (the longest level
+    when none is); a checkpoint that was not saved is refused with the saved ones listed."""
+    from prefixrl.bench.regime import base_checkpoint_dir, pick_levels
+
+    s = RegimeSettings(levels=(2, 4, 8))
+    probe = {"curve": {"step-00400": {"2": 0.5, "4": 0.04, "8": 0.0}, "base": {"2": 0.9, "4": 0.5, "8": 0.2}}}
+    assert pick_levels(probe, s) == (8, 4)
+    assert pick_levels(probe, replace(s, base_checkpoint="step-00400")) == (4, 2)
+    for d in (tmp_path / "base", tmp_path / "checkpoints" / "step-00400"):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+    assert base_checkpoint_dir(tmp_path, replace(s, base_checkpoint="step-00400")).name == "step-00400"
+    with pytest.raises(ValueError, match=r"choose one of \['base', 'step-00400'\]"):
+        base_checkpoint_dir(tmp_path, replace(s, base_checkpoint="step-00123"))
