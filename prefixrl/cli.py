@@ -296,15 +296,21 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--base-from", metavar="DIR",
                    help="reuse the trained base model (and its level probe) of another benchmark directory whose base "
                    "settings match, instead of training one (the longest stage)")
+    r.add_argument("--base-checkpoint", metavar="NAME",
+                   help="start every method from this saved base checkpoint (e.g. step-01200; default: the final "
+                   "base), chosen from <out>/regime/probe.json when the final base is too strong for a hard level")
     r.set_defaults(func=_bench_reproduce)
 
 
 def _bench_reproduce(args: argparse.Namespace) -> None:
+    from dataclasses import replace
     from pathlib import Path
 
     from prefixrl.bench.reproduce import get_preset, run_benchmark
 
     settings = get_preset(args.preset, seeds=args.seeds)
+    if args.base_checkpoint:
+        settings = replace(settings, regime=replace(settings.regime, base_checkpoint=args.base_checkpoint))
     out = args.out or f"runs/repro-{args.preset}"
     report = run_benchmark(out, settings, base_from=args.base_from)
     print((Path(out) / "report" / "table.md").read_text())

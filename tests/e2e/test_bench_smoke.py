@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _bench(out: Path) -> subprocess.CompletedProcess:
+def _bench(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "prefixrl.cli", "bench", "reproduce", "--preset", "smoke", "--out",
-                           str(out)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)  # fmt: skip
+                           str(out), *extra], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)  # fmt: skip
 
 
 def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
@@ -49,6 +49,15 @@ def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     assert lost.exists() and all(p.stat().st_mtime_ns == t for p, t in kept.items())
     assert "bench: luffy seed 0" in r.stderr and "bench: rl seed 0" not in r.stderr
+
+    # A new directory reuses the trained base (no SFT) and starts from a saved checkpoint; a checkpoint that was not
+    # saved is refused with the saved ones listed.
+    bad = _bench(tmp_path / "bad", "--base-from", str(out), "--base-checkpoint", "step-99999")
+    assert bad.returncode == 2 and "choose one of ['base', 'step-00030']" in bad.stderr, bad.stderr[-2000:]
+    r = _bench(tmp_path / "again", "--base-from", str(out), "--base-checkpoint", "step-00030")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "sft step" not in r.stderr
+    assert json.loads((tmp_path / "again" / "regime" / "regime.json").read_text())["base_checkpoint"] == "step-00030"
 
 
 def test_unknown_preset_lists_them(tmp_path):
