@@ -72,8 +72,9 @@ PRESETS: dict[str, BenchSettings] = {
     ),
 }  # fmt: skip
 """Preset name -> settings. full: the issue's sizes (256 hard problems, cap 1,024, 3 seeds) with the small preset's
-12 PrefixRL steps; estimated from the small run's timings at about 4 h on 2 cores (base 32 min, probe 6 min,
-sourcing at cap 1,024 about 40 min, 24 runs of about 7 min), not measured yet;
+12 PrefixRL steps; not measured yet. From the small run's timings (docs/reproduction.md): base about 70 min (skip it
+with `--base-from` a small run: the base settings are the same), probe 7 min, sourcing at cap 1,024 on 256 problems
+15-30 min, 24 method runs of 5-7 min: about 3 h with the base reused, over 4 h without;
 small: the same base model and task with 128 hard problems, cap 128, 12 PrefixRL steps and one seed (what
 docs/reproduction.md reports); smoke: the same pipeline in minutes (the e2e test), numbers meaningless."""
 
