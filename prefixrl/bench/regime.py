@@ -100,7 +100,8 @@ def _task_cfg(s: RegimeSettings, *, hard: int, medium: int, seed: int) -> Any:
     from prefixrl.tasks.arith import ArithConfig
 
     return ArithConfig(terms={"easy": 2, "medium": medium, "hard": hard}, max_operand=s.max_operand,
-                       first_term_max=s.first_term_max, max_answer=s.max_answer, width=s.width, labels=s.labels, seed=seed,
+                       first_term_max=s.first_term_max, max_answer=s.max_answer, width=s.width, labels=s.labels,
+                       seed=seed,
                        sizes={"heldout_hard": s.heldout_hard, "heldout_medium": s.heldout_medium,
                               "train_hard": s.train_hard})  # fmt: skip
 
@@ -254,7 +255,8 @@ def base_checkpoint_dir(out: Path, s: RegimeSettings) -> Path:
     path = out / "base" if s.base_checkpoint == "base" else out / "checkpoints" / s.base_checkpoint
     if not (path / "config.json").exists():
         saved = ["base", *(p.name for p in sorted((out / "checkpoints").glob("step-*")))]
-        raise ValueError(f"base_checkpoint={s.base_checkpoint!r} is not a saved base under {out}; choose one of {saved}")
+        raise ValueError(f"base_checkpoint={s.base_checkpoint!r} is not a saved base under {out}; "
+                         f"choose one of {saved}")
     return path
 
 

@@ -70,8 +70,9 @@ class ArithConfig:
     labels: bool = False
     """Every term after the first carries a letter label (`Compute 090 a + 5 b - 3.`) that the worked line repeats
     (`090 a + 5 = 095`), and solution orders keep the first term first. The label turns "which term comes next" into
-    a lookup a tiny model learns at once; without it the 4-layer base copied the wrong term or sign on most lines
-    (docs/reproduction.md). Needs at most 26 terms."""
+    an exact-match lookup in the prompt: without labels the 4-layer base wrote `+` on nearly every line and often the
+    wrong term; with them it had signs and terms right on most lines by step 800 (docs/reproduction.md). Needs at
+    most 27 terms."""
     subtract_prob: float = 0.35
     """Probability that a term after the first is subtracted."""
     seed: int = 0
@@ -132,8 +133,8 @@ def make_problem(rng: random.Random, *, num_terms: int, cfg: ArithConfig, proble
                   for _ in range(num_terms - 1)]  # fmt: skip
         if _running_ok(terms, cfg.max_answer):
             return Problem(
-                problem_id=problem_id, prompt=prompt_text(terms, width=cfg.width, labels=cfg.labels), answer=str(sum(terms)),
-                source="arith",
+                problem_id=problem_id, prompt=prompt_text(terms, width=cfg.width, labels=cfg.labels),
+                answer=str(sum(terms)), source="arith",
                 metadata={"terms": terms, "level": level, "num_terms": num_terms},
             )  # fmt: skip
     raise ValueError(
@@ -190,16 +191,17 @@ def solutions(problem: Problem, *, num: int, cfg: ArithConfig) -> list[str]:
     """Up to `num` distinct correct worked chains: the left-to-right order first, then random valid orders."""
     terms = _signed_terms(problem)
     rng = random.Random(derive_seed(cfg.seed, problem.problem_id))
-    orders: list[tuple[int, ...]] = [tuple(range(len(terms)))]  # term indices
+    orders: list[tuple[int, ...]] = [tuple(range(len(terms)))]  # term indices; labelled orders keep the first first
+    seen = {tuple(terms)}  # signed orders: two orders that only swap equal terms are one solution
     for _ in range(20 * num):
         if len(orders) >= num:
             break
-        perm = (0, *rng.sample(range(1, len(terms)), len(terms) - 1)) if cfg.labels else tuple(
-            rng.sample(range(len(terms)), len(terms)))
-        signed = [terms[i] for i in perm]
-        if signed[0] > 0 and perm not in orders and tuple(signed) not in {tuple(terms[i] for i in o) for o in orders} \
-                and _running_ok(signed, cfg.max_answer):
+        perm = ((0, *rng.sample(range(1, len(terms)), len(terms) - 1)) if cfg.labels
+                else tuple(rng.sample(range(len(terms)), len(terms))))  # fmt: skip
+        signed = tuple(terms[i] for i in perm)
+        if signed[0] > 0 and signed not in seen and _running_ok(signed, cfg.max_answer):
             orders.append(perm)
+            seen.add(signed)
     return [chain_text([terms[i] for i in o], width=cfg.width,
                        labels=[LABELS[i - 1] for i in o[1:]] if cfg.labels else None) for o in orders]
 
@@ -232,8 +234,9 @@ _LABELLED_RE = re.compile(r" a [+-] \d")
 def chain_is_sound(problem: Problem, text: str) -> bool:
     """True iff `text` is a worked chain that really computes the answer: every line `a +/- d = b` is right, each line
     starts from the previous total (the first from one of the terms), every term is used exactly once (by its label
-    when the problem has labels) and the answer line repeats the last total. Not the reward (the verifier reads only the answer): a diagnostic that tells a
-    sound solution from a lucky guess whose wrong steps happen to land on the right number."""
+    when the problem has labels) and the answer line repeats the last total. Not the reward (the verifier reads only
+    the answer): a diagnostic that tells a sound solution from a chain whose wrong steps happen to land on the right
+    number."""
     lines = text.strip().splitlines()
     if not lines or answer_of(lines[-1]) is None:
         return False

@@ -20,7 +20,8 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 def _bench(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "prefixrl.cli", "bench", "reproduce", "--preset", "smoke", "--out",
-                           str(out), *extra], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)  # fmt: skip
+                           str(out), *extra],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)  # fmt: skip
 
 
 def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
