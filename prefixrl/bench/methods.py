@@ -196,9 +196,9 @@ class _Run:
         if not self.ctx.budget:
             return self.step % s.eval_every == 0
         every = self.ctx.budget * s.eval_every / s.prefixrl_steps
-        if self.spent() < every * self.evals_done_by_flops + every * 0.999:
-            return False
-        self.evals_done_by_flops = int(self.spent() / every + 1e-3)
+        if self.spent() < every * (self.evals_done_by_flops + 1):
+            return False  # no tolerance: a run that stops at the budget is evaluated once, on the step that reaches it
+        self.evals_done_by_flops = int(self.spent() / every)
         return True
 
     def finish(self) -> Curve:

@@ -140,7 +140,7 @@ def test_methods_after_prefixrl_evaluate_at_flops_intervals():
     run.evals_done_by_flops, spent = 0, 0.0
     run.spent = lambda: spent
     due = []
-    for spent in (10.0, 40.0, 49.99, 60.0, 99.0, 100.0, 120.0, 260.0, 280.0):
+    for spent in (10.0, 40.0, 50.0, 60.0, 99.0, 100.0, 120.0, 260.0, 280.0):
         due.append(run._eval_due())
     assert due == [False, False, True, False, False, True, False, True, False]  # 260 skips 150 and 200: one point
     run.ctx.budget, run.step = 0.0, 6
