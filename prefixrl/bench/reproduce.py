@@ -144,11 +144,23 @@ def _check_settings_file(out: Path, s: BenchSettings) -> None:
     path = out / "settings.json"
     new = asdict(s)
     if path.exists():
-        old = json.loads(path.read_text())
+        old = _with_new_defaults(json.loads(path.read_text()), json.loads(json.dumps(asdict(BenchSettings()))))
         if {k: v for k, v in old.items() if k != "seeds"} != json.loads(json.dumps({k: v for k, v in new.items()
                                                                                       if k != "seeds"})):
             raise FileExistsError(f"{out} holds a benchmark with other settings ({path}); choose a new --out")
     path.write_text(json.dumps(new, indent=1))
+
+
+def _with_new_defaults(old: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`old` settings with the fields added since it was written filled in from `defaults` (nested): a directory
+    written before a field existed ran with that field's default, so it still resumes unless the field is set."""
+    out = dict(old)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _with_new_defaults(out[k], v)
+    return out
 
 
 def _context(out: Path, s: BenchSettings) -> Any:

@@ -34,6 +34,22 @@ def test_settings_file_refuses_other_settings_but_allows_more_seeds(tmp_path):
         _check_settings_file(tmp_path, replace(s, rl=replace(s.rl, n=16)))
 
 
+def test_settings_file_written_before_a_field_existed_resumes_at_its_default(tmp_path):
+    """A directory from before `regime.base_checkpoint` existed ran on the final base: it resumes with the default,
+    and is refused when the field is set to something else."""
+    import json
+
+    s = PRESETS["smoke"]
+    _check_settings_file(tmp_path, s)
+    old = json.loads((tmp_path / "settings.json").read_text())
+    del old["regime"]["base_checkpoint"]
+    (tmp_path / "settings.json").write_text(json.dumps(old))
+    _check_settings_file(tmp_path, s)
+    (tmp_path / "settings.json").write_text(json.dumps(old))
+    with pytest.raises(FileExistsError, match="other settings"):
+        _check_settings_file(tmp_path, replace(s, regime=replace(s.regime, base_checkpoint="step-00030")))
+
+
 def test_flops_to_reach_interpolates():
     pts = [{"flops": 0.0, "a": 0.0}, {"flops": 10.0, "a": 0.2}, {"flops": 20.0, "a": 0.6}]
     assert flops_to_reach(pts, "a", 0.4) == pytest.approx(15.0)
