@@ -203,8 +203,11 @@ def adopt_base(src: Path, out: Path, s: RegimeSettings, src_settings: dict[str, 
     if (src / "probe.json").exists() and all(src_settings.get(f) == mine[f] for f in PROBE_FIELDS):
         names.append("probe.json")
     copied = [n for n in names if (src / n).exists()]
-    for n in copied:
-        (shutil.copytree if (src / n).is_dir() else shutil.copy2)(src / n, out / n)
+    for n in copied:  # an interrupted copy is redone over what it left (base.json is not there yet)
+        if (src / n).is_dir():
+            shutil.copytree(src / n, out / n, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src / n, out / n)
     shutil.copy2(src / "base.json", out / "base.json")  # last: it marks the stage done
     return [*copied, "base.json"]
 

@@ -183,6 +183,7 @@ def test_adopt_base_copies_a_matching_base_and_refuses_another(tmp_path):
     copied = adopt_base(src, tmp_path / "a", s, settings)
     assert "probe.json" in copied and (tmp_path / "a" / "base" / "model.safetensors").read_text() == "w"
     assert adopt_base(src, tmp_path / "a", s, {}) == []  # has its own base: untouched, no check needed
+    (tmp_path / "b" / "base").mkdir(parents=True)  # left by an interrupted copy: redone over it
     copied = adopt_base(src, tmp_path / "b", replace(s, probe_k=4), settings)
     assert "probe.json" not in copied and (tmp_path / "b" / "base.json").exists()
     with pytest.raises(ValueError, match=rf"sft_steps={s.sft_steps} \(here 99\)"):
