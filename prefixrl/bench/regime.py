@@ -1,11 +1,12 @@
 """The hard regime of the reproduction benchmark: a levelled-off tiny base model, a hard level chosen by measurement,
 and the three figures the comparison rests on.
 
-    base   train the tiny Llama on worked chains of EVERY level (2..max terms; several valid orders per problem, so a
-           problem has many correct solutions) to the end of a cosine schedule: the base has levelled off, and
-           checkpoints along the way show it (base/checkpoints/step-*)
-    probe  pass@k of the final base per level (fresh problems); the hard level is the shortest chain whose pass@k is
-           at most `target_pass_at_k`, the medium level the longest whose pass@k is at least `medium_pass_at_k`
+    base   train the tiny Llama on worked chains of EVERY level (2..max terms; any order of the terms is a correct
+           solution) to the end of a cosine schedule, keeping checkpoints along the way (checkpoints/step-*); or
+           copy a finished base from another run (`adopt_base`)
+    probe  pass@k per level (fresh problems) of every checkpoint: whether the base levelled off. On the chosen base
+           (`base_checkpoint`, the final one by default) the hard level is the shortest chain whose pass@k is at
+           most `target_pass_at_k`, the medium level the longest whose pass@k is at least `medium_pass_at_k`
     splits train_hard (RL + sourcing), heldout_hard and heldout_medium (never trained on, never sourced), disjoint
            from the base's SFT prompts
     source rejection sampling with a cap on train_hard (per-problem attempts, every token charged)
@@ -57,7 +58,7 @@ class RegimeSettings:
     """Totals and answers are zero-padded to this many digits (`ArithConfig.width`). Unpadded, the 4-layer base was
     still at chance after 1,000 x 32 SFT steps (docs/reproduction.md)."""
     sft_steps: int = 2000
-    """Base-model SFT steps (cosine schedule to lr/10), about 55 min on 2 cores. With 1,200 steps (unlabelled terms)
+    """Base-model SFT steps (cosine schedule to lr/10): 73 min measured on 2 cores. With 1,200 steps (unlabelled)
     the probe was still rising at the last checkpoint; the probe curve in regime.json shows whether this base
     levelled off (docs/reproduction.md). Train it once and share it: `--base-from`."""
     sft_batch: int = 32

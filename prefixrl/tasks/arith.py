@@ -192,7 +192,7 @@ def solutions(problem: Problem, *, num: int, cfg: ArithConfig) -> list[str]:
     terms = _signed_terms(problem)
     rng = random.Random(derive_seed(cfg.seed, problem.problem_id))
     orders: list[tuple[int, ...]] = [tuple(range(len(terms)))]  # term indices; labelled orders keep the first first
-    seen = {tuple(terms)}  # signed orders: two orders that only swap equal terms are one solution
+    seen = {tuple(terms)}  # signed orders: orders that only swap equal terms are drawn once
     for _ in range(20 * num):
         if len(orders) >= num:
             break
