@@ -54,6 +54,14 @@ class RegimeSettings:
     """Answers and partial sums lie in [0, max_answer]: 1,000 possible answers."""
     labels: bool = True
     """Terms carry letter labels that each worked line repeats (`ArithConfig.labels`)."""
+    random_label_start: bool = False
+    """Each problem's labels start at a random letter (`ArithConfig.random_label_start`): every letter is trained at
+    every position. Off (the default) reproduces the bases of earlier run directories; the presets turn it on."""
+    slip_rate: float = 0.0
+    """Per worked line of the base's SFT chains, the probability that the teacher writes a random wrong total and
+    carries on from it (`prefixrl.tasks.arith.slipped_chain`). It sets where the base levels off, however long it
+    trains, with errors spread evenly along a solution: about (1 - slip_rate) ** (terms - 1) pass@1 at a level. 0 (the
+    default) reproduces earlier run directories; the presets set it."""
     width: int = 3
     """Totals and answers are zero-padded to this many digits (`ArithConfig.width`). Unpadded, the 4-layer base was
     still at chance after 1,000 x 32 SFT steps (docs/reproduction.md)."""
@@ -102,7 +110,7 @@ def _task_cfg(s: RegimeSettings, *, hard: int, medium: int, seed: int) -> Any:
 
     return ArithConfig(terms={"easy": 2, "medium": medium, "hard": hard}, max_operand=s.max_operand,
                        first_term_max=s.first_term_max, max_answer=s.max_answer, width=s.width, labels=s.labels,
-                       seed=seed,
+                       random_label_start=s.random_label_start, seed=seed,
                        sizes={"heldout_hard": s.heldout_hard, "heldout_medium": s.heldout_medium,
                               "train_hard": s.train_hard})  # fmt: skip
 
@@ -131,6 +139,18 @@ def base_corpus(s: RegimeSettings) -> list[Problem]:
     return [p for lv in s.levels for p in level_problems(s, level=lv, count=s.per_level, tag="sft", seed=s.seed)]
 
 
+def base_examples(s: RegimeSettings) -> list[tuple[Problem, str]]:
+    """(problem, worked chain) pairs the base model is trained on: `orders_per_problem` orders of every problem of
+    `base_corpus`, with the teacher's slips when slip_rate > 0."""
+    from prefixrl.tasks.arith import slipped_solutions, solutions
+
+    cfg = _task_cfg(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed)
+    if s.slip_rate > 0:
+        return [(p, t) for p in base_corpus(s)
+                for t in slipped_solutions(p, num=s.orders_per_problem, cfg=cfg, slip_rate=s.slip_rate)]
+    return [(p, t) for p in base_corpus(s) for t in solutions(p, num=s.orders_per_problem, cfg=cfg)]
+
+
 def make_bench_splits(s: RegimeSettings, *, hard: int, medium: int, exclude: set[str]) -> dict[str, list[Problem]]:
     """train_hard / heldout_hard / heldout_medium at the chosen levels, without any prompt in `exclude`."""
     from prefixrl.tasks.arith import make_splits
@@ -152,15 +172,13 @@ def make_bench_splits(s: RegimeSettings, *, hard: int, medium: int, exclude: set
 def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
     """Tokenizer + SFT of the tiny base on every level -> out/tokenizer.model, out/base, out/checkpoints/step-*."""
     from prefixrl.pipeline import sft_base_model
-    from prefixrl.tasks.arith import solutions
     from prefixrl.tokenizer import SentencePieceTokenizer
 
     done = out / "base.json"
     if done.exists():
         return json.loads(done.read_text())
-    corpus = base_corpus(s)
+    corpus, examples = base_corpus(s), base_examples(s)
     cfg = _task_cfg(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed)
-    examples = [(p, text) for p in corpus for text in solutions(p, num=s.orders_per_problem, cfg=cfg)]
     tokenizer = SentencePieceTokenizer.train([p.prompt for p in corpus] + [t for _, t in examples], vocab_size=384)
     tokenizer.save(out / "tokenizer.model")
     save_every = max(1, s.sft_steps // (s.checkpoints + 1)) if s.checkpoints else 0
@@ -175,7 +193,7 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
 
 
 BASE_FIELDS = ("levels", "per_level", "orders_per_problem", "first_term_max", "max_operand", "max_answer", "labels",
-               "width", "sft_steps", "sft_batch", "sft_lr", "checkpoints", "seed")
+               "random_label_start", "slip_rate", "width", "sft_steps", "sft_batch", "sft_lr", "checkpoints", "seed")
 """The RegimeSettings fields the base model (and its tokenizer) depends on."""
 PROBE_FIELDS = (*BASE_FIELDS, "probe_problems", "probe_k", "target_pass_at_k", "medium_pass_at_k", "gen_tokens")
 """The fields the level probe depends on as well."""

@@ -49,12 +49,13 @@ class BenchSettings:
             raise ValueError(f"seeds={self.seeds} must be >= 1")
 
 
-_RL_12_STEPS = replace(RLSettings(), prefixrl_steps=12, eval_every=6)
+_RL_12_STEPS = replace(RLSettings(), prefixrl_steps=12, eval_every=6, lr=1e-4)
+_REGIME = replace(RegimeSettings(), random_label_start=True, slip_rate=0.3, sft_steps=1200, checkpoints=3)
 
 PRESETS: dict[str, BenchSettings] = {
-    "full": BenchSettings(rl=_RL_12_STEPS),
+    "full": BenchSettings(regime=_REGIME, rl=_RL_12_STEPS),
     "small": BenchSettings(
-        regime=replace(RegimeSettings(), train_hard=128, heldout_hard=64, heldout_medium=64, source_cap=128,
+        regime=replace(_REGIME, train_hard=128, heldout_hard=64, heldout_medium=64, source_cap=512,
                        prefix_probe_problems=32),
         rl=_RL_12_STEPS,
         seeds=1,
@@ -71,12 +72,12 @@ PRESETS: dict[str, BenchSettings] = {
         seeds=1,
     ),
 }  # fmt: skip
-"""Preset name -> settings. full: the issue's sizes (256 hard problems, cap 1,024, 3 seeds) with the small preset's
-12 PrefixRL steps; not measured yet. From the small run's timings (docs/reproduction.md): base about 70 min (skip it
-with `--base-from` a small run: the base settings are the same), probe 7 min, sourcing at cap 1,024 on 256 problems
-15-30 min, 24 method runs of 5-7 min: about 3 h with the base reused, over 4 h without;
-small: the same base model and task with 128 hard problems, cap 128, 12 PrefixRL steps and one seed (what
-docs/reproduction.md reports); smoke: the same pipeline in minutes (the e2e test), numbers meaningless."""
+"""Preset name -> settings. small and full share one base (`_REGIME`: labels from a random letter, a teacher that
+slips on 30 % of its lines, 1,200 SFT steps, about 45 min here), so `--base-from` a small run skips it in full.
+full: the issue's sizes (256 hard problems, cap 1,024, 3 seeds) with 12 PrefixRL steps at RL lr 1e-4; not measured
+yet: probe 7 min, sourcing at cap 1,024 on 256 problems about 30 min, 24 method runs of 5-8 min: over 3 h with the
+base reused; small: 128 hard problems, cap 512, one seed (what docs/reproduction.md reports); smoke: the same
+pipeline in minutes (the e2e test), numbers meaningless."""
 
 
 def get_preset(name: str, *, seeds: int | None = None) -> BenchSettings:
@@ -181,11 +182,11 @@ def _context(out: Path, s: BenchSettings) -> Any:
 def _context_on(reg: Any, engine: Any, s: BenchSettings) -> Any:
     from prefixrl import prefixes
     from prefixrl.bench.methods import Context
-    from prefixrl.bench.regime import _task_cfg, base_corpus
+    from prefixrl.bench.regime import base_examples
     from prefixrl.pipeline import SYNTHETIC_MAX_LEN, num_params, prompt_formatter, tokenizer_name
     from prefixrl.records import PrefixedProblem
     from prefixrl.sourcer import load_traces, read_progress
-    from prefixrl.tasks.arith import ArithVerifier, solutions
+    from prefixrl.tasks.arith import ArithVerifier
 
     tok, fmt, verifier = reg.tokenizer, prompt_formatter(reg.tokenizer), ArithVerifier()
     train = reg.splits["train_hard"]
@@ -207,7 +208,6 @@ def _context_on(reg: Any, engine: Any, s: BenchSettings) -> Any:
                            f"{s.regime.source_cap}); raise regime.source_cap or lower regime.target_pass_at_k")
     unprefixed = [PrefixedProblem(problem=p, prompt_ids=fmt(p), prefix_ids=[], prefix_text="", cut_frac=0.0)
                   for p in train]  # fmt: skip
-    cfg = _task_cfg(s.regime, hard=max(s.regime.levels), medium=max(s.regime.levels), seed=s.regime.seed)
     return Context(
         s=s.rl, engine=engine, tokenizer=tok, verifier=verifier, format_prompt=fmt, base_dir=str(reg.base_dir),
         train=train, eval_splits={"train_hard": train, "heldout_hard": reg.splits["heldout_hard"],
@@ -215,8 +215,7 @@ def _context_on(reg: Any, engine: Any, s: BenchSettings) -> Any:
         traces=traces, sourcing_progress=read_progress(reg.traces_dir)[0],
         pools={"prefixrl": pool(1), "prefixed_only": pool(0), "unprefixed": unprefixed},
         num_params=num_params(reg.base_dir, include_embeddings=False),
-        sft_examples=[(p, t) for p in base_corpus(s.regime)
-                      for t in solutions(p, num=s.regime.orders_per_problem, cfg=cfg)],
+        sft_examples=base_examples(s.regime),
     )  # fmt: skip
 
 

@@ -41,7 +41,8 @@ SPLITS = ("heldout_hard", "heldout_medium", "train_hard", "train_medium", "train
 _MAX_TRIES_PER_PROBLEM = 10_000
 
 LABELS = "abcdefghijklmnopqrstuvwxyz"
-"""Term labels (`ArithConfig.labels`): the i-th term after the first is LABELS[i - 1]."""
+"""Term labels (`ArithConfig.labels`): the i-th term after the first is LABELS[i - 1], or LABELS[(start + i - 1) % 26]
+with `ArithConfig.random_label_start`."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -73,6 +74,11 @@ class ArithConfig:
     an exact-match lookup in the prompt: without labels the 4-layer base wrote `+` on nearly every line and often the
     wrong term; with them it had signs and terms right on most lines by step 800 (docs/reproduction.md). Needs at
     most 27 terms."""
+    random_label_start: bool = False
+    """With labels: each problem's labels start at a random letter and run on cyclically (`Compute 090 x + 5 y - 3
+    z + 1 a + 4.`), so every letter labels early and late terms alike. With labels always starting at `a`, base (f)
+    copied the terms of `a`-`e` and `g` without fault and those of `f` and `h`-`m` (the letters only long problems
+    reach) at chance (docs/reproduction.md). Changes the problems drawn, not only their labels."""
     subtract_prob: float = 0.35
     """Probability that a term after the first is subtracted."""
     seed: int = 0
@@ -109,10 +115,11 @@ def _step(t: int, label: str | None) -> str:
     return f"{label + ' ' if label else ''}{'-' if t < 0 else '+'} {abs(t)}"
 
 
-def prompt_text(terms: Sequence[int], *, width: int = 0, labels: bool = False) -> str:
+def prompt_text(terms: Sequence[int], *, width: int = 0, labels: bool | str = False) -> str:
     """`Compute 37 + 58 - 12.` for signed terms [37, 58, -12] (the first term is positive; zero-padded to `width`
-    digits when width > 0; `Compute 37 a + 58 b - 12.` with labels)."""
-    steps = [_step(t, LABELS[i] if labels else None) for i, t in enumerate(terms[1:])]
+    digits when width > 0; `Compute 37 a + 58 b - 12.` with labels=True, or the given letters, one per later term)."""
+    names = LABELS if labels is True else labels
+    steps = [_step(t, names[i] if names else None) for i, t in enumerate(terms[1:])]
     return f"Compute {' '.join([f'{terms[0]:0{width}d}', *steps])}."
 
 
@@ -132,8 +139,10 @@ def make_problem(rng: random.Random, *, num_terms: int, cfg: ArithConfig, proble
         terms += [rng.randint(1, cfg.max_operand) * (-1 if rng.random() < cfg.subtract_prob else 1)
                   for _ in range(num_terms - 1)]  # fmt: skip
         if _running_ok(terms, cfg.max_answer):
+            start = rng.randrange(len(LABELS)) if cfg.labels and cfg.random_label_start else 0
+            names = (LABELS * 2)[start : start + num_terms - 1] if cfg.labels else ""
             return Problem(
-                problem_id=problem_id, prompt=prompt_text(terms, width=cfg.width, labels=cfg.labels),
+                problem_id=problem_id, prompt=prompt_text(terms, width=cfg.width, labels=names),
                 answer=str(sum(terms)), source="arith",
                 metadata={"terms": terms, "level": level, "num_terms": num_terms},
             )  # fmt: skip
@@ -176,19 +185,49 @@ def write_problems(path: str | Path, problems: Sequence[Problem]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ solutions
+def _format_chain(terms: Sequence[int], totals: Sequence[int], *, width: int, labels: Sequence[str] | None) -> str:
+    lines = [f"{a:0{width}d} {_step(t, labels[i] if labels else None)} = {b:0{width}d}"
+             for i, (a, t, b) in enumerate(zip([terms[0], *totals], terms[1:], totals))]  # fmt: skip
+    return "\n".join([*lines, f"ANSWER: {totals[-1] if totals else terms[0]:0{width}d}"])
+
+
 def chain_text(terms: Sequence[int], *, width: int = 0, labels: Sequence[str] | None = None) -> str:
     """The worked chain adding `terms` in the given order, ending with the answer line; running totals and the
     answer are zero-padded to `width` digits when width > 0; `labels[i]` names the term added on line i."""
-    lines, total = [], terms[0]
-    for i, t in enumerate(terms[1:]):
-        new = total + t
-        lines.append(f"{total:0{width}d} {_step(t, labels[i] if labels else None)} = {new:0{width}d}")
-        total = new
-    return "\n".join([*lines, f"ANSWER: {total:0{width}d}"])
+    totals = [sum(terms[: i + 2]) for i in range(len(terms) - 1)]
+    return _format_chain(terms, totals, width=width, labels=labels)
 
 
-def solutions(problem: Problem, *, num: int, cfg: ArithConfig) -> list[str]:
-    """Up to `num` distinct correct worked chains: the left-to-right order first, then random valid orders."""
+def slipped_chain(terms: Sequence[int], *, rng: random.Random, slip_rate: float, max_answer: int, width: int = 0,
+                  labels: Sequence[str] | None = None) -> str:
+    """`chain_text` written by a careless teacher: each line's total is, with probability `slip_rate`, a uniformly
+    random wrong number, and the later lines carry on from it (each of them right given the written total), so the
+    answer line is wrong. The random total is drawn where the rest of the chain stays in [0, max_answer]. A base
+    trained on such chains samples a slip on about that fraction of its lines however long it trains: it levels off
+    short of perfect with its errors spread evenly along a solution, and a slip almost never lands back on the right
+    answer (1 in about max_answer chances), so a right answer means a sound chain."""
+    if not 0.0 <= slip_rate < 1.0:
+        raise ValueError(f"slip_rate={slip_rate} must be in [0, 1)")
+    totals, total = [], terms[0]
+    for i, t in enumerate(terms[1:], start=1):
+        total += t
+        if rng.random() < slip_rate:
+            rest = [sum(terms[i + 1 : j + 1]) for j in range(i, len(terms))]  # partial sums after this line (0 first)
+            low, high = -min(rest), max_answer - max(rest)
+            if high > low:  # the right total lies in [low, high]; pick another one
+                wrong = rng.randint(low, high - 1)
+                total = wrong + (wrong >= total)
+        totals.append(total)
+    return _format_chain(terms, totals, width=width, labels=labels)
+
+
+def term_labels(problem: Problem) -> str:
+    """The letters labelling the terms after the first in `problem`'s prompt, in prompt order ("" if unlabelled)."""
+    return "".join(_PROMPT_LABEL_RE.findall(problem.prompt))
+
+
+def _orders(problem: Problem, *, num: int, cfg: ArithConfig) -> list[tuple[int, ...]]:
+    """Up to `num` distinct valid orders of the term indices: left to right first, then random ones."""
     terms = _signed_terms(problem)
     rng = random.Random(derive_seed(cfg.seed, problem.problem_id))
     orders: list[tuple[int, ...]] = [tuple(range(len(terms)))]  # term indices; labelled orders keep the first first
@@ -202,8 +241,24 @@ def solutions(problem: Problem, *, num: int, cfg: ArithConfig) -> list[str]:
         if signed[0] > 0 and signed not in seen and _running_ok(signed, cfg.max_answer):
             orders.append(perm)
             seen.add(signed)
-    return [chain_text([terms[i] for i in o], width=cfg.width,
-                       labels=[LABELS[i - 1] for i in o[1:]] if cfg.labels else None) for o in orders]
+    return orders
+
+
+def solutions(problem: Problem, *, num: int, cfg: ArithConfig) -> list[str]:
+    """Up to `num` distinct correct worked chains: the left-to-right order first, then random valid orders."""
+    terms, names = _signed_terms(problem), term_labels(problem)
+    return [chain_text([terms[i] for i in o], width=cfg.width, labels=[names[i - 1] for i in o[1:]] if names else None)
+            for o in _orders(problem, num=num, cfg=cfg)]  # fmt: skip
+
+
+def slipped_solutions(problem: Problem, *, num: int, cfg: ArithConfig, slip_rate: float) -> list[str]:
+    """`solutions` (the same orders) written by `slipped_chain`'s careless teacher; the slips are a function of
+    cfg.seed and the problem id."""
+    terms, names = _signed_terms(problem), term_labels(problem)
+    rng = random.Random(derive_seed(cfg.seed, f"slips-{problem.problem_id}"))
+    return [slipped_chain([terms[i] for i in o], rng=rng, slip_rate=slip_rate, max_answer=cfg.max_answer,
+                          width=cfg.width, labels=[names[i - 1] for i in o[1:]] if names else None)
+            for o in _orders(problem, num=num, cfg=cfg)]  # fmt: skip
 
 
 def sft_examples(problems: Sequence[Problem], *, per_problem: int, cfg: ArithConfig) -> list[tuple[Problem, str]]:
@@ -228,7 +283,7 @@ def answer_of(text: str) -> int | None:
 _LINE_RE = re.compile(r"^(-?\d+) (?:([a-z]) )?([+-]) (\d+) = (-?\d+)$")
 
 
-_LABELLED_RE = re.compile(r" a [+-] \d")
+_PROMPT_LABEL_RE = re.compile(r" ([a-z]) [+-] \d")
 
 
 def chain_is_sound(problem: Problem, text: str) -> bool:
@@ -241,9 +296,10 @@ def chain_is_sound(problem: Problem, text: str) -> bool:
     if not lines or answer_of(lines[-1]) is None:
         return False
     terms = _signed_terms(problem)
-    labelled = _LABELLED_RE.search(problem.prompt) is not None
+    names = term_labels(problem)
+    labelled = bool(names)
     left = sorted(terms)
-    unused = dict(zip(LABELS, terms[1:]))
+    unused = dict(zip(names, terms[1:]))
     total: int | None = None
     for line in lines[:-1]:
         m = _LINE_RE.match(line.strip())

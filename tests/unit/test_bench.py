@@ -9,7 +9,7 @@ import torch
 
 from megatron_ext.hooks import MicroBatch, luffy_mixed_loss, off_policy_is_mixed_loss
 from prefixrl import losses
-from prefixrl.bench.regime import RegimeSettings, level_problems, make_bench_splits
+from prefixrl.bench.regime import RegimeSettings, base_examples, level_problems, make_bench_splits
 from prefixrl.bench.report import regime_markdown, summarize, table_markdown
 from prefixrl.bench.reproduce import PRESETS, BenchSettings, _check_settings_file, flops_to_reach, get_preset
 
@@ -105,6 +105,21 @@ def test_splits_are_disjoint_from_the_base_corpus_and_have_the_levels():
     terms = [p.metadata["terms"] for p in splits["train_hard"]]  # a large first term, then one-digit steps
     assert all(abs(t) <= s.max_operand for ts in terms for t in ts[1:]) and max(ts[0] for ts in terms) > 99
     assert len({p.answer for p in splits["train_hard"]}) > 20
+
+
+def test_base_examples_slip_at_the_set_rate_and_the_presets_use_slips_and_random_labels():
+    """The base's SFT chains: all sound without slips; with slips, the wrong answers per level follow
+    1 - (1 - slip_rate) ** (terms - 1); the presets that report figures train such a base."""
+    from prefixrl.tasks.arith import ArithVerifier, chain_is_sound
+
+    s = RegimeSettings(levels=(2, 6), per_level=300, random_label_start=True)
+    assert all(chain_is_sound(p, t) for p, t in base_examples(s))
+    slipped = base_examples(replace(s, slip_rate=0.3))
+    for level in (2, 6):
+        right = [ArithVerifier()(p, t) for p, t in slipped if p.metadata["num_terms"] == level]
+        assert abs(sum(right) / len(right) - 0.7 ** (level - 1)) < 0.07
+    for name in ("small", "full"):
+        assert PRESETS[name].regime.slip_rate > 0 and PRESETS[name].regime.random_label_start
 
 
 def test_first_term_max_is_validated():

@@ -16,7 +16,10 @@ from prefixrl.tasks.arith import (
     make_splits,
     prompt_text,
     sft_examples,
+    slipped_chain,
+    slipped_solutions,
     solutions,
+    term_labels,
     tokenizer_corpus,
     write_problems,
 )
@@ -81,6 +84,65 @@ def test_labelled_terms():
     assert ArithVerifier()(p, unlabelled) and not chain_is_sound(p, unlabelled)
     with pytest.raises(ValueError, match="labels=True names at most 27 terms"):
         ArithConfig(labels=True, terms={"hard": 30}, sizes={})
+
+
+def test_random_label_start_wraps_and_spreads_letters():
+    """With random_label_start every problem's labels run on cyclically from a random letter (so z is followed by a),
+    every letter is used, and solutions and the sound check follow the prompt's labels."""
+    cfg = ArithConfig(width=3, first_term_max=999, max_operand=9, labels=True, random_label_start=True,
+                      terms={"hard": 14}, sizes={})
+    rng = random.Random(0)
+    problems = [make_problem(rng, num_terms=14, cfg=cfg, problem_id=f"r{i}", level="hard") for i in range(60)]
+    firsts = {term_labels(p)[0] for p in problems}
+    assert len(firsts) > 15  # not always `a`
+    for p in problems:
+        names = term_labels(p)
+        assert len(names) == 13 and len(set(names)) == 13
+        assert all((ord(b) - ord(a)) % 26 == 1 for a, b in zip(names, names[1:]))
+        assert p.prompt == prompt_text(p.metadata["terms"], width=3, labels=names)
+        for text in solutions(p, num=3, cfg=cfg):
+            assert chain_is_sound(p, text) and ArithVerifier()(p, text)
+    assert any("za" in term_labels(p) for p in problems)
+    assert term_labels(Problem(problem_id="u", prompt="Compute 37 + 58 - 12.", answer="83")) == ""
+
+
+def test_slipped_chain_writes_random_wrong_totals_and_carries_on():
+    """Each line slips with the given probability; after a slip the chain goes on from the written total (every line
+    is right given its left side), the totals stay in [0, max_answer], and a slipped chain's answer is wrong."""
+    terms = [500, 3, -4, 7, 2, -9, 5, 1, 8]
+    assert slipped_chain(terms, rng=random.Random(0), slip_rate=0.0, max_answer=999, width=3) == chain_text(terms,
+                                                                                                            width=3)
+    p = Problem(problem_id="s", prompt=prompt_text(terms), answer=str(sum(terms)), metadata={"terms": terms})
+    rng, slips, lines_seen, wrong_answers, slipped_chains = random.Random(1), 0, 0, 0, 0
+    for _ in range(400):
+        text = slipped_chain(terms, rng=rng, slip_rate=0.3, max_answer=999, width=3)
+        lines = text.splitlines()
+        total, slipped = terms[0], False
+        for line, t in zip(lines[:-1], terms[1:]):
+            a, sign, d, _, b = line.split()
+            assert int(a) == total and (-1 if sign == "-" else 1) * int(d) == t and 0 <= int(b) <= 999
+            lines_seen += 1
+            slips += int(b) != total + t
+            slipped |= int(b) != total + t
+            total = int(b)
+        assert lines[-1] == f"ANSWER: {total:03d}"
+        slipped_chains += slipped
+        wrong_answers += not ArithVerifier()(p, text)
+        assert chain_is_sound(p, text) == (not slipped)
+    assert 0.25 < slips / lines_seen < 0.35
+    assert wrong_answers >= slipped_chains - 4  # a slip almost never lands back on the right answer
+    with pytest.raises(ValueError, match="slip_rate"):
+        slipped_chain(terms, rng=rng, slip_rate=1.0, max_answer=999)
+
+
+def test_slipped_solutions_are_deterministic_per_problem():
+    cfg = ArithConfig(width=3, first_term_max=999, max_operand=9, labels=True, random_label_start=True,
+                      terms={"hard": 8}, sizes={})
+    p = make_problem(random.Random(5), num_terms=8, cfg=cfg, problem_id="d", level="hard")
+    a = slipped_solutions(p, num=2, cfg=cfg, slip_rate=0.5)
+    assert a == slipped_solutions(p, num=2, cfg=cfg, slip_rate=0.5) and len(a) == 2
+    assert [x.splitlines()[0].split()[:4] for x in a] == [x.splitlines()[0].split()[:4] for x in solutions(p, num=2,
+                                                                                                          cfg=cfg)]
 
 
 def test_splits_sizes_levels_disjoint_and_deterministic(splits):
