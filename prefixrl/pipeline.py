@@ -134,13 +134,15 @@ def synthetic_task(seed: int) -> tuple[Any, dict[str, list[Problem]], Any]:
 def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], task_cfg: Any, *, steps: int,
                    batch: int, seed: int, solutions_per_problem: int = 1,
                    examples: Sequence[tuple[Problem, str]] | None = None, lr: float = 3e-3,
-                   save_every: int = 0) -> tuple[Path, list[float]]:
+                   save_every: int = 0,
+                   examples_after: tuple[int, Sequence[tuple[Problem, str]]] | None = None) -> tuple[Path, list[float]]:
     """Random-init the tiny model (out/init), SFT it on worked solutions of all levels, export it to out/base.
 
     One (left-to-right) worked order per problem by default: a 4-layer model learns to copy terms in order far
     faster than to track which terms a random order has used, and the verifier still accepts any chain.
     `examples` replaces the (problem, solution) pairs drawn from `splits`; `save_every` > 0 also exports
     out/checkpoints/step-XXXXX every that many steps (the reproduction benchmark picks its base among them).
+    `examples_after` = (step, pairs): from that step on, batches are drawn from these pairs instead (one schedule).
     """
     import torch
 
@@ -166,6 +168,9 @@ def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], 
     g = torch.Generator().manual_seed(seed)
     losses = []
     for step in range(steps):
+        if examples_after is not None and step == examples_after[0]:
+            examples = examples_after[1]
+            logger.info("sft step %d: switching to the %d later examples", step + 1, len(examples))
         idx = torch.randint(len(examples), (batch,), generator=g).tolist()
         prompts = [fmt(examples[i][0]) for i in idx]
         comps = [tokenizer.encode(examples[i][1]) + [tokenizer.eos_id] for i in idx]

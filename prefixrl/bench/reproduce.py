@@ -49,8 +49,9 @@ class BenchSettings:
             raise ValueError(f"seeds={self.seeds} must be >= 1")
 
 
-_RL_12_STEPS = replace(RLSettings(), prefixrl_steps=12, eval_every=6, lr=1e-4)
-_REGIME = replace(RegimeSettings(), random_label_start=True, slip_rate=0.3, sft_steps=1200, checkpoints=3)
+_RL_12_STEPS = replace(RLSettings(), prefixrl_steps=12, eval_every=6, lr=1e-4, gen_tokens=128)
+_REGIME = replace(RegimeSettings(), levels=(2, 3, 4, 5, 6), slip_rate=0.65, clean_steps=150, sft_steps=1200,
+                  checkpoints=3, gen_tokens=128)
 
 PRESETS: dict[str, BenchSettings] = {
     "full": BenchSettings(regime=_REGIME, rl=_RL_12_STEPS),
@@ -63,7 +64,8 @@ PRESETS: dict[str, BenchSettings] = {
     "smoke": BenchSettings(
         # 21 possible answers: even a barely trained base hits some by chance, so sourcing always finds traces.
         regime=RegimeSettings(levels=(3, 4), per_level=150, orders_per_problem=2, sft_steps=60, sft_batch=32,
-                              first_term_max=None, max_operand=9, max_answer=20,
+                              first_term_max=None, max_operand=9, max_answer=20, slip_rate=0.3,
+                              clean_steps=30,
                               checkpoints=1, probe_problems=8, target_pass_at_k=0.5, medium_pass_at_k=0.5,
                               train_hard=16, heldout_hard=8, heldout_medium=8, source_cap=32,
                               prefix_probe_problems=8, gen_tokens=96),
@@ -72,12 +74,12 @@ PRESETS: dict[str, BenchSettings] = {
         seeds=1,
     ),
 }  # fmt: skip
-"""Preset name -> settings. small and full share one base (`_REGIME`: labels from a random letter, a teacher that
-slips on 30 % of its lines, 1,200 SFT steps, about 45 min here), so `--base-from` a small run skips it in full.
+"""Preset name -> settings. small and full share one base (`_REGIME`: chains of 2-6 labelled terms, a teacher that
+slips on 65 % of its lines after 150 clean steps, 1,200 SFT steps), so `--base-from` a small run skips it in full.
 full: the issue's sizes (256 hard problems, cap 1,024, 3 seeds) with 12 PrefixRL steps at RL lr 1e-4; not measured
-yet: probe 7 min, sourcing at cap 1,024 on 256 problems about 30 min, 24 method runs of 5-8 min: over 3 h with the
-base reused; small: 128 hard problems, cap 512, one seed (what docs/reproduction.md reports); smoke: the same
-pipeline in minutes (the e2e test), numbers meaningless."""
+yet (docs/reproduction.md gives the small run's stage timings to scale from); small: 128 hard problems, cap 512,
+one seed (what docs/reproduction.md reports); smoke: the same pipeline in minutes (the e2e test), numbers
+meaningless."""
 
 
 def get_preset(name: str, *, seeds: int | None = None) -> BenchSettings:
