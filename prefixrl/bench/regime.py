@@ -64,9 +64,10 @@ class RegimeSettings:
     default) reproduces earlier run directories; the presets set it."""
     clean_steps: int = 0
     """With slip_rate > 0: the first clean_steps SFT steps use the teacher's chains without slips, the rest with
-    them (one cosine schedule). With random labels and slips from step 0, the base (Megatron, and an HF replica) sat
-    at loss 1.5 without even copying the previous total for 350 steps; clean first, it learns the task, then to slip
-    (docs/reproduction.md)."""
+    them (one cosine schedule). Measured (docs/reproduction.md): with random labels and slips from step 0, the base
+    (Megatron, and an HF replica) sat at loss 1.5 without even copying the previous total for 350 steps; after 150 or
+    300 clean steps it copies and looks terms up but does not add yet (3 % of lines right at step 300), and slips at
+    rate 0.65 from step 150 left it writing random totals. Addition is learned last, at 400-800 steps."""
     width: int = 3
     """Totals and answers are zero-padded to this many digits (`ArithConfig.width`). Unpadded, the 4-layer base was
     still at chance after 1,000 x 32 SFT steps (docs/reproduction.md)."""

@@ -50,7 +50,7 @@ class BenchSettings:
 
 
 _RL_12_STEPS = replace(RLSettings(), prefixrl_steps=12, eval_every=6, lr=1e-4, gen_tokens=128)
-_REGIME = replace(RegimeSettings(), levels=(2, 3, 4, 5, 6), slip_rate=0.65, clean_steps=150, sft_steps=1200,
+_REGIME = replace(RegimeSettings(), levels=(2, 3, 4, 5, 6), slip_rate=0.4, clean_steps=800, sft_steps=1400,
                   checkpoints=3, gen_tokens=128)
 
 PRESETS: dict[str, BenchSettings] = {
@@ -75,7 +75,7 @@ PRESETS: dict[str, BenchSettings] = {
     ),
 }  # fmt: skip
 """Preset name -> settings. small and full share one base (`_REGIME`: chains of 2-6 labelled terms, a teacher that
-slips on 65 % of its lines after 150 clean steps, 1,200 SFT steps), so `--base-from` a small run skips it in full.
+slips on 40 % of its lines after 800 clean steps, 1,400 SFT steps), so `--base-from` a small run skips it in full.
 full: the issue's sizes (256 hard problems, cap 1,024, 3 seeds) with 12 PrefixRL steps at RL lr 1e-4; not measured
 yet (docs/reproduction.md gives the small run's stage timings to scale from); small: 128 hard problems, cap 512,
 one seed (what docs/reproduction.md reports); smoke: the same pipeline in minutes (the e2e test), numbers
