@@ -25,6 +25,8 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     xs = [x for x in xs if not math.isnan(x)]
     if not xs:
         return math.nan, math.nan
+    if not all(math.isfinite(x) for x in xs):  # FLOPs to a target never reached are inf: no spread to give
+        return statistics.fmean(xs), math.nan
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 

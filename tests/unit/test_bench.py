@@ -80,6 +80,15 @@ def test_summary_ratios_by_hand():
     assert "| prefixrl | 1 | 0.000 ± 0.000 -> 0.600 ± 0.000 |" in text and "never" in text
 
 
+def test_mean_std_of_never_reached_targets_over_seeds():
+    """Two seeds that never reach sft_rl's accuracy (inf FLOPs) must not crash the report (statistics.stdev did)."""
+    from prefixrl.bench.report import _mean_std
+
+    mean, std = _mean_std([math.inf, math.inf])
+    assert mean == math.inf and math.isnan(std)
+    assert _mean_std([1.0, 3.0]) == (2.0, math.sqrt(2.0))
+
+
 def test_regime_markdown_marks_unmet_targets():
     regime = {"base_pass_at_k_train_hard": 0.03, "sourced_fraction": 0.6, "prefix_success": 0.25,
               "hard_level_terms": 11, "medium_level_terms": 6, "source_cap": 1024, "k": 8,
