@@ -134,8 +134,8 @@ def synthetic_task(seed: int) -> tuple[Any, dict[str, list[Problem]], Any]:
 def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], task_cfg: Any, *, steps: int,
                    batch: int, seed: int, solutions_per_problem: int = 1,
                    examples: Sequence[tuple[Problem, str]] | None = None, lr: float = 3e-3,
-                   save_every: int = 0,
-                   examples_after: tuple[int, Sequence[tuple[Problem, str]]] | None = None) -> tuple[Path, list[float]]:
+                   save_every: int = 0, examples_after: tuple[int, Sequence[tuple[Problem, str]]] | None = None,
+                   ) -> tuple[Path, list[float]]:
     """Random-init the tiny model (out/init), SFT it on worked solutions of all levels, export it to out/base.
 
     One (left-to-right) worked order per problem by default: a 4-layer model learns to copy terms in order far
