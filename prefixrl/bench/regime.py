@@ -56,12 +56,14 @@ class RegimeSettings:
     """Terms carry letter labels that each worked line repeats (`ArithConfig.labels`)."""
     random_label_start: bool = False
     """Each problem's labels start at a random letter (`ArithConfig.random_label_start`): every letter is trained at
-    every position. Off (the default) reproduces the bases of earlier run directories; the presets turn it on."""
+    every position. Off (the default) reproduces the bases of earlier run directories, and no preset turns it on: the
+    base did not learn to look terms up by a random label in the steps measured (docs/reproduction.md)."""
     slip_rate: float = 0.0
     """Per worked line of the base's SFT chains, the probability that the teacher writes a random wrong total and
-    carries on from it (`prefixrl.tasks.arith.slipped_chain`). It sets where the base levels off, however long it
-    trains, with errors spread evenly along a solution: about (1 - slip_rate) ** (terms - 1) pass@1 at a level. 0 (the
-    default) reproduces earlier run directories; the presets set it."""
+    carries on from it (`prefixrl.tasks.arith.slipped_chain`), so that the base's ceiling comes from its data rather
+    than from when its training stops. The base slips more than its teacher: at 0.4, 60 % of the teacher's lines
+    are right but about 20 % of base (g)'s (docs/reproduction.md). 0 (the default) reproduces earlier run
+    directories; the presets set it."""
     clean_steps: int = 0
     """With slip_rate > 0: the first clean_steps SFT steps use the teacher's chains without slips, the rest with
     them (one cosine schedule). Measured (docs/reproduction.md): with random labels and slips from step 0, the base
@@ -109,6 +111,13 @@ class RegimeSettings:
     seed: int = 0
     """Seed of the task, the tokenizer corpus and the base model."""
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.slip_rate < 1.0:
+            raise ValueError(f"slip_rate={self.slip_rate} must be in [0, 1)")
+        if self.slip_rate > 0 and self.clean_steps >= self.sft_steps:
+            raise ValueError(f"clean_steps={self.clean_steps} >= sft_steps={self.sft_steps}: the slipping teacher "
+                             "would never be used; lower clean_steps or raise sft_steps")
+
 
 # ------------------------------------------------------------------------------------------------ problems
 def _task_cfg(s: RegimeSettings, *, hard: int, medium: int, seed: int) -> Any:
@@ -147,14 +156,12 @@ def base_corpus(s: RegimeSettings) -> list[Problem]:
 
 def base_examples(s: RegimeSettings) -> list[tuple[Problem, str]]:
     """(problem, worked chain) pairs the base model is trained on: `orders_per_problem` orders of every problem of
-    `base_corpus`, with the teacher's slips when slip_rate > 0."""
-    from prefixrl.tasks.arith import slipped_solutions, solutions
+    `base_corpus`, with the teacher's slips at slip_rate (at 0 these are exactly `solutions`)."""
+    from prefixrl.tasks.arith import slipped_solutions
 
     cfg = _task_cfg(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed)
-    if s.slip_rate > 0:
-        return [(p, t) for p in base_corpus(s)
-                for t in slipped_solutions(p, num=s.orders_per_problem, cfg=cfg, slip_rate=s.slip_rate)]
-    return [(p, t) for p in base_corpus(s) for t in solutions(p, num=s.orders_per_problem, cfg=cfg)]
+    return [(p, t) for p in base_corpus(s)
+            for t in slipped_solutions(p, num=s.orders_per_problem, cfg=cfg, slip_rate=s.slip_rate)]
 
 
 def make_bench_splits(s: RegimeSettings, *, hard: int, medium: int, exclude: set[str]) -> dict[str, list[Problem]]:
@@ -184,14 +191,15 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
     if done.exists():
         return json.loads(done.read_text())
     corpus, final = base_corpus(s), base_examples(s)
-    examples = base_examples(replace(s, slip_rate=0.0)) if s.slip_rate > 0 and s.clean_steps else final
+    switch = (s.clean_steps, final) if s.slip_rate > 0 and s.clean_steps else None
+    examples = base_examples(replace(s, slip_rate=0.0)) if switch else final
     cfg = _task_cfg(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed)
     tokenizer = SentencePieceTokenizer.train([p.prompt for p in corpus] + [t for _, t in final], vocab_size=384)
     tokenizer.save(out / "tokenizer.model")
     save_every = max(1, s.sft_steps // (s.checkpoints + 1)) if s.checkpoints else 0
     _, losses = sft_base_model(out, tokenizer, {}, cfg, steps=s.sft_steps, batch=s.sft_batch, seed=s.seed,
                                examples=examples, lr=s.sft_lr, save_every=save_every,
-                               examples_after=(s.clean_steps, final) if examples is not final else None)  # fmt: skip
+                               examples_after=switch)  # fmt: skip
     info = {"sft_steps": s.sft_steps, "sft_examples": len(final), "sft_problems": len(corpus),
             "sft_sequences": s.sft_steps * s.sft_batch, "loss_first_last": [losses[0], sum(losses[-20:]) / len(losses[-20:])],
             "loss_curve": losses[:: max(1, len(losses) // 50)]}  # fmt: skip

@@ -202,10 +202,10 @@ def slipped_chain(terms: Sequence[int], *, rng: random.Random, slip_rate: float,
                   labels: Sequence[str] | None = None) -> str:
     """`chain_text` written by a careless teacher: each line's total is, with probability `slip_rate`, a uniformly
     random wrong number, and the later lines carry on from it (each of them right given the written total), so the
-    answer line is wrong. The random total is drawn where the rest of the chain stays in [0, max_answer]. A base
-    trained on such chains samples a slip on about that fraction of its lines however long it trains: it levels off
-    short of perfect with its errors spread evenly along a solution, and a slip almost never lands back on the right
-    answer (1 in about max_answer chances), so a right answer means a sound chain."""
+    answer line is wrong. The random total is drawn where the rest of the chain stays in [0, max_answer], so one of
+    the teacher's slipped chains lands on the right answer about 1 time in max_answer: its right answers are sound
+    chains. A base trained on them keeps slipping however long it trains, but more often than its teacher, and its
+    right answers need not be sound (base (g): 24 % of its sourced traces were; docs/reproduction.md)."""
     if not 0.0 <= slip_rate < 1.0:
         raise ValueError(f"slip_rate={slip_rate} must be in [0, 1)")
     totals, total = [], terms[0]

@@ -116,7 +116,7 @@ def test_splits_are_disjoint_from_the_base_corpus_and_have_the_levels():
     assert len({p.answer for p in splits["train_hard"]}) > 20
 
 
-def test_base_examples_slip_at_the_set_rate_and_the_presets_use_slips_and_random_labels():
+def test_base_examples_slip_at_the_set_rate_and_the_presets_use_slips_on_short_chains():
     """The base's SFT chains: all sound without slips; with slips, the wrong answers per level follow
     1 - (1 - slip_rate) ** (terms - 1); the presets that report figures train such a base."""
     from prefixrl.tasks.arith import ArithVerifier, chain_is_sound
@@ -129,6 +129,10 @@ def test_base_examples_slip_at_the_set_rate_and_the_presets_use_slips_and_random
         assert abs(sum(right) / len(right) - 0.7 ** (level - 1)) < 0.07
     for name in ("small", "full"):
         assert PRESETS[name].regime.slip_rate > 0 and max(PRESETS[name].regime.levels) <= 6
+    with pytest.raises(ValueError, match="slipping teacher would never be used"):
+        RegimeSettings(slip_rate=0.3, clean_steps=100, sft_steps=100)
+    with pytest.raises(ValueError, match="slip_rate=1.0"):
+        RegimeSettings(slip_rate=1.0)
 
 
 def test_first_term_max_is_validated():
