@@ -1,6 +1,9 @@
 """The methods the reproduction benchmark compares, each a function `(ctx, seed) -> Curve`, all from the same base
 model and the same hard training problems, all trained by the real stack (Megatron-Core policy, colocated vLLM engine
-that receives the weights every step), all stopped at the same FLOPs budget.
+that receives the weights every step), all stopped at the same FLOPs budget: PrefixRL's total, sourcing included.
+A method that uses the traces pays the sourcing up front and so has PrefixRL's RL FLOPs left; one that does not spends
+the whole budget on its own training (the issue's "compute-matched, sourcing charged"). Every method is also evaluated
+at PrefixRL's RL FLOPs, so the comparison that leaves sourcing out can be read off the same curves.
 
     prefixrl          3 cuts in [0.4, 0.8] + the unprefixed problem (3:1 mix), n, REINFORCE group mean
     prefixed_only     the same pool without unprefixed prompts (the back-generalization test)
@@ -38,9 +41,12 @@ class RLSettings:
     """What every method shares (a preset of `prefixrl.bench.reproduce` fills them)."""
 
     prefixrl_steps: int = 30
-    """PrefixRL steps; their FLOPs (without sourcing) are every method's budget."""
+    """PrefixRL steps; their FLOPs, sourcing included, are every method's budget."""
     max_steps_factor: float = 3.0
-    """No method runs more than this many times prefixrl_steps (a cap for cheap-per-step methods)."""
+    """No RL method runs more than this many times prefixrl_steps (SFT steps: 10 times more), whatever budget is left:
+    a cap for methods that do not pay for sourcing and so get far more steps than PrefixRL (on the small preset plain
+    RL needs about 5.7 times PrefixRL's steps to spend its budget). A run stopped by it shows fewer FLOPs at its end
+    than the budget in the table."""
     prompts_per_step: int = 16
     """Prompts (groups) per step, every method."""
     n: int = 8
@@ -96,7 +102,10 @@ class Context:
     sft_examples: list[tuple[Problem, str]] = field(default_factory=list)
     """The base model's own SFT data (more_base)."""
     budget: float = 0.0
-    """FLOPs (without sourcing) every method may spend; set by the prefixrl run of each seed."""
+    """FLOPs every method may spend, sourcing included where charged: the prefixrl run's total, set by that run in
+    each seed (0 while prefixrl itself runs)."""
+    budget_rl: float = 0.0
+    """The prefixrl run's FLOPs without sourcing: evaluation points sit at its eval_every fractions of it."""
 
 
 @dataclass(slots=True)
@@ -157,7 +166,7 @@ class _Run:
             charge_sourcing(self.flops, ctx.sourcing_progress)
         self.curve = Curve(method=method, seed=seed, uses_traces=uses_traces, sourcing_flops=self.flops.sourcing)
         self.step = 0
-        self.evals_done_by_flops = 0
+        self.eval_at = _eval_points(ctx, uses_traces=uses_traces)
         self.sync()
         self.point()
 
@@ -174,7 +183,8 @@ class _Run:
                     {k: round(v, 4) for k, v in p.items() if "pass@1" in k})  # fmt: skip
 
     def spent(self) -> float:
-        return self.flops.total(include_sourcing=False)
+        """FLOPs against the budget: sourcing (when charged) + sampling + training."""
+        return self.flops.total(include_sourcing=True)
 
     def train(self, batch: Any, loss: Any, *, sampled_tokens: int, reward: float) -> None:
         m = self.policy.train_step(batch, loss=loss)
@@ -189,16 +199,15 @@ class _Run:
             self.point()
 
     def _eval_due(self) -> bool:
-        """PrefixRL (no budget yet) evaluates every eval_every steps; every other method each time it has spent
-        another eval_every PrefixRL steps' worth of FLOPs, so curves are sampled at the same FLOPs whatever a step
-        costs (an SFT step is far cheaper than an RL step: by steps, more_base evaluated 20 times per run)."""
-        s = self.ctx.s
-        if not self.ctx.budget:
-            return self.step % s.eval_every == 0
-        every = self.ctx.budget * s.eval_every / s.prefixrl_steps
-        if self.spent() < every * (self.evals_done_by_flops + 1):
+        """PrefixRL (no budget yet) evaluates every eval_every steps; every other method on the first step that
+        reaches each of its `_eval_points` (several passed in one step give one point), so curves are sampled at the
+        same FLOPs whatever a step costs (an SFT step is far cheaper than an RL step)."""
+        if self.eval_at is None:
+            return self.step % self.ctx.s.eval_every == 0
+        rl = self.flops.total(include_sourcing=False)
+        if not self.eval_at or rl < self.eval_at[0]:
             return False  # no tolerance: a run that stops at the budget is evaluated once, on the step that reaches it
-        self.evals_done_by_flops = int(self.spent() / every)
+        self.eval_at = [x for x in self.eval_at if x > rl]
         return True
 
     def finish(self) -> Curve:
@@ -206,6 +215,22 @@ class _Run:
             self.point()
         del self.policy
         return self.curve
+
+
+def _eval_points(ctx: Context, *, uses_traces: bool) -> list[float] | None:
+    """Where a run evaluates, in FLOPs without sourcing (None: every eval_every steps, PrefixRL itself).
+
+    Every method: each eval_every / prefixrl_steps of PrefixRL's RL FLOPs (the same points as PrefixRL's curve). A
+    method that does not pay for sourcing has more budget after that: as many points again, evenly up to the total.
+    """
+    s = ctx.s
+    if not ctx.budget:
+        return None
+    k = max(1, s.prefixrl_steps // s.eval_every)
+    points = [ctx.budget_rl * i / k for i in range(1, k + 1)]
+    if not uses_traces and ctx.budget > ctx.budget_rl:
+        points += [ctx.budget_rl + (ctx.budget - ctx.budget_rl) * i / k for i in range(1, k + 1)]
+    return points
 
 
 def _sampled_tokens(groups: Sequence[RolloutGroup]) -> int:
@@ -343,7 +368,7 @@ def more_base(ctx: Context, seed: int) -> Curve:
     s = ctx.s
     run = _Run(ctx, "more_base", seed, uses_traces=False, lr=s.sft_lr)
     data = [(ctx.format_prompt(p), ctx.tokenizer.encode(text) + [ctx.tokenizer.eos_id]) for p, text in ctx.sft_examples]
-    _sft_steps(run, data, steps=int(s.prefixrl_steps * s.max_steps_factor * 4), batch=s.sft_batch, seed=seed,
+    _sft_steps(run, data, steps=int(s.prefixrl_steps * s.max_steps_factor * 10), batch=s.sft_batch, seed=seed,
                budget=ctx.budget)  # fmt: skip
     return run.finish()
 

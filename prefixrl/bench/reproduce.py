@@ -4,8 +4,9 @@
     out/runs/<method>/seed<k>.json   one finished (method, seed) curve each; existing ones are not redone
     out/report/                 table.md, results.json, reward_vs_flops.png, entropy.png
 
-Stages: the hard regime (`prefixrl.bench.regime`), then for each seed PrefixRL first (its FLOPs, sourcing excluded,
-are the budget of every other method of that seed), then the other methods (`prefixrl.bench.methods`), then the
+Stages: the hard regime (`prefixrl.bench.regime`), then for each seed PrefixRL first (its FLOPs, sourcing
+included, are the budget of every other method of that seed: methods without traces spend the sourcing FLOPs on
+training), then the other methods (`prefixrl.bench.methods`), then the
 report. An interrupted benchmark started again with the same arguments resumes: finished stages and runs are read
 back, unfinished ones start over. One process: Megatron TP=1 and the colocated in-process vLLM engine.
 """
@@ -49,7 +50,7 @@ class BenchSettings:
             raise ValueError(f"seeds={self.seeds} must be >= 1")
 
 
-_RL_12_STEPS = replace(RLSettings(), prefixrl_steps=12, eval_every=6, lr=1e-4, gen_tokens=128)
+_RL_12_STEPS = replace(RLSettings(), prefixrl_steps=12, eval_every=6, lr=1e-4, gen_tokens=128, max_steps_factor=8.0)
 _REGIME = replace(RegimeSettings(), levels=(2, 3, 4, 5, 6), slip_rate=0.4, clean_steps=800, sft_steps=1400,
                   checkpoints=3, gen_tokens=128)
 
@@ -130,7 +131,7 @@ def run_benchmark(out_dir: str | Path, s: BenchSettings, *, base_from: str | Pat
                     tmp.write_text(json.dumps(curve))
                     tmp.replace(path)
                 if name == "prefixrl":
-                    ctx.budget = curve["points"][-1]["flops_rl"]
+                    ctx.budget, ctx.budget_rl = curve["points"][-1]["flops"], curve["points"][-1]["flops_rl"]
     finally:
         if engine is not None:
             engine.shutdown()
@@ -232,3 +233,13 @@ def flops_to_reach(points: list[dict[str, float]], key: str, target: float) -> f
             return prev["flops"] + frac * (p["flops"] - prev["flops"])
         prev = p
     return math.inf
+
+
+def value_at(points: list[dict[str, float]], x_key: str, x: float, key: str) -> float:
+    """The curve `key` at `x` on the axis `x_key`, interpolated linearly; nan when `x` is outside the curve."""
+    for a, b in zip(points, points[1:]):
+        if a[x_key] <= x <= b[x_key]:
+            if b[x_key] == a[x_key]:
+                return b[key]
+            return a[key] + (x - a[x_key]) / (b[x_key] - a[x_key]) * (b[key] - a[key])
+    return points[0][key] if len(points) == 1 and points[0][x_key] == x else math.nan

@@ -173,24 +173,46 @@ def test_off_policy_adapters_select_rows_by_batch_index():
 
 
 def test_methods_after_prefixrl_evaluate_at_flops_intervals():
-    """With a budget B, eval_every=6 of prefixrl_steps=12 means a point each time another B/2 is spent, however
-    many (cheap SFT or costly large-n) steps that takes; without a budget (PrefixRL itself) every 6 steps."""
+    """eval_every=6 of prefixrl_steps=12: a point each time another half of PrefixRL's RL FLOPs (20 here) is spent,
+    however many (cheap SFT or costly large-n) steps that takes; a method without traces has the sourcing FLOPs (80)
+    on top and gets as many points again up to the total (100); without a budget (PrefixRL itself) every 6 steps."""
     from types import SimpleNamespace
 
-    from prefixrl.bench.methods import RLSettings, _Run
+    from prefixrl.bench.methods import RLSettings, _eval_points, _Run
 
+    ctx = SimpleNamespace(s=replace(RLSettings(), prefixrl_steps=12, eval_every=6), budget=100.0, budget_rl=20.0)
+    assert _eval_points(ctx, uses_traces=True) == [10.0, 20.0]
+    assert _eval_points(ctx, uses_traces=False) == [10.0, 20.0, 60.0, 100.0]
     run = object.__new__(_Run)
-    run.ctx = SimpleNamespace(s=replace(RLSettings(), prefixrl_steps=12, eval_every=6), budget=100.0)
-    run.evals_done_by_flops, spent = 0, 0.0
-    run.spent = lambda: spent
+    run.ctx, run.eval_at = ctx, _eval_points(ctx, uses_traces=False)
+    spent = 0.0
+    run.flops = SimpleNamespace(total=lambda include_sourcing: spent)
     due = []
-    for spent in (10.0, 40.0, 50.0, 60.0, 99.0, 100.0, 120.0, 260.0, 280.0):
+    for spent in (5.0, 9.0, 10.0, 12.0, 45.0, 59.0, 70.0, 100.0, 120.0):
         due.append(run._eval_due())
-    assert due == [False, False, True, False, False, True, False, True, False]  # 260 skips 150 and 200: one point
-    run.ctx.budget, run.step = 0.0, 6
+    assert due == [False, False, True, False, True, False, True, True, False]  # 45 passes 20 only: one point
+    run.eval_at = _eval_points(SimpleNamespace(s=ctx.s, budget=0.0, budget_rl=0.0), uses_traces=False)
+    assert run.eval_at is None
+    run.step = 6
     assert run._eval_due()
     run.step = 7
     assert not run._eval_due()
+
+
+def test_report_gives_the_gain_with_and_without_sourcing_charged():
+    """rl runs on to PrefixRL's total (30); read off its curve at PrefixRL's RL FLOPs (20) it had 0.2, not 0.5."""
+    from prefixrl.bench.reproduce import value_at
+
+    pts = _curve("rl", [0.0, 0.1, 0.2, 0.5])["points"]
+    assert value_at(pts, "flops_rl", 15.0, "train_hard/pass@1") == pytest.approx(0.15)
+    assert math.isnan(value_at(pts, "flops_rl", 31.0, "train_hard/pass@1"))
+    rep = summarize({"prefixrl": [_curve("prefixrl", [0.0, 0.3, 0.6], uses_traces=True)],
+                     "rl": [_curve("rl", [0.0, 0.1, 0.2, 0.5])]})  # fmt: skip
+    assert rep["gain_vs_rl"] == pytest.approx(1.2) and rep["gain_at_rl_flops"] == pytest.approx(3.0)
+    assert rep["at_prefixrl_rl_flops"]["rl"]["train_hard"][0] == pytest.approx(0.2)
+    assert "prefixrl" not in rep["at_prefixrl_rl_flops"]
+    text = table_markdown(rep)
+    assert "sourcing not charged (rl at prefixrl's RL FLOPs): 3.00" in text and "| rl | 0.200 ± 0.000 |" in text
 
 
 def test_adopt_base_copies_a_matching_base_and_refuses_another(tmp_path):
