@@ -70,6 +70,11 @@ class RegimeSettings:
     (Megatron, and an HF replica) sat at loss 1.5 without even copying the previous total for 350 steps; after 150 or
     300 clean steps it copies and looks terms up but does not add yet (3 % of lines right at step 300), and slips at
     rate 0.65 from step 150 left it writing random totals. Addition is learned last, at 400-800 steps."""
+    early_slip_rate: float = 0.0
+    """The teacher's slip rate during the first clean_steps (0, the default: clean chains). On clean chains the true
+    running sum and "the written total plus this term" are the same number, and base (g) learned the first: its last
+    line often gives the true sum after a wrong chain, so most sourced traces were unsound (docs/reproduction.md). A
+    few slipped-and-carried chains early teach it to carry on from what is written."""
     width: int = 3
     """Totals and answers are zero-padded to this many digits (`ArithConfig.width`). Unpadded, the 4-layer base was
     still at chance after 1,000 x 32 SFT steps (docs/reproduction.md)."""
@@ -114,6 +119,11 @@ class RegimeSettings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.slip_rate < 1.0:
             raise ValueError(f"slip_rate={self.slip_rate} must be in [0, 1)")
+        if not 0.0 <= self.early_slip_rate <= self.slip_rate:
+            raise ValueError(f"early_slip_rate={self.early_slip_rate} must be in [0, slip_rate={self.slip_rate}]")
+        if self.early_slip_rate > 0 and not self.clean_steps:
+            raise ValueError(f"early_slip_rate={self.early_slip_rate} with clean_steps=0 is never used; set "
+                             "clean_steps (the steps it applies to)")
         if self.slip_rate > 0 and self.clean_steps >= self.sft_steps:
             raise ValueError(f"clean_steps={self.clean_steps} >= sft_steps={self.sft_steps}: the slipping teacher "
                              "would never be used; lower clean_steps or raise sft_steps")
@@ -192,7 +202,7 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
         return json.loads(done.read_text())
     corpus, final = base_corpus(s), base_examples(s)
     switch = (s.clean_steps, final) if s.slip_rate > 0 and s.clean_steps else None
-    examples = base_examples(replace(s, slip_rate=0.0)) if switch else final
+    examples = base_examples(replace(s, slip_rate=s.early_slip_rate, early_slip_rate=0.0)) if switch else final
     cfg = _task_cfg(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed)
     tokenizer = SentencePieceTokenizer.train([p.prompt for p in corpus] + [t for _, t in final], vocab_size=384)
     tokenizer.save(out / "tokenizer.model")
@@ -209,8 +219,8 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
 
 
 BASE_FIELDS = ("levels", "per_level", "orders_per_problem", "first_term_max", "max_operand", "max_answer", "labels",
-               "random_label_start", "slip_rate", "clean_steps", "width", "sft_steps", "sft_batch", "sft_lr",
-               "checkpoints", "seed")
+               "random_label_start", "slip_rate", "clean_steps", "early_slip_rate", "width", "sft_steps", "sft_batch",
+               "sft_lr", "checkpoints", "seed")
 """The RegimeSettings fields the base model (and its tokenizer) depends on."""
 PROBE_FIELDS = (*BASE_FIELDS, "probe_problems", "probe_k", "target_pass_at_k", "medium_pass_at_k", "gen_tokens")
 """The fields the level probe depends on as well."""

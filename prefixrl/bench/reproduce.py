@@ -107,8 +107,8 @@ def run_benchmark(out_dir: str | Path, s: BenchSettings, *, base_from: str | Pat
         src = Path(base_from)
         if not (src / "settings.json").exists():
             raise FileNotFoundError(f"--base-from {src}: no settings.json there; give a benchmark's --out directory")
-        copied = adopt_base(src / "regime", out / "regime", s.regime,
-                            json.loads((src / "settings.json").read_text())["regime"])  # fmt: skip
+        src_settings = _with_new_defaults(json.loads((src / "settings.json").read_text()), asdict(BenchSettings()))
+        copied = adopt_base(src / "regime", out / "regime", s.regime, src_settings["regime"])
         logger.info("bench: base stage from %s: %s", src, copied or "kept (this directory has a base)")
     t0 = time.perf_counter()
     runtime.initialize(seed=s.regime.seed)

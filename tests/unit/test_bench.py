@@ -133,6 +133,32 @@ def test_base_examples_slip_at_the_set_rate_and_the_presets_use_slips_on_short_c
         RegimeSettings(slip_rate=0.3, clean_steps=100, sft_steps=100)
     with pytest.raises(ValueError, match="slip_rate=1.0"):
         RegimeSettings(slip_rate=1.0)
+    with pytest.raises(ValueError, match=r"early_slip_rate=0.5 must be in \[0, slip_rate=0.3\]"):
+        RegimeSettings(slip_rate=0.3, early_slip_rate=0.5, clean_steps=10)
+    with pytest.raises(ValueError, match="clean_steps=0 is never used"):
+        RegimeSettings(slip_rate=0.3, early_slip_rate=0.1)
+
+
+def test_train_base_uses_the_early_teacher_then_the_slipping_one(tmp_path, monkeypatch):
+    """The first clean_steps draw from chains slipped at early_slip_rate (sound at 0), the rest at slip_rate."""
+    import prefixrl.pipeline
+    from prefixrl.bench.regime import train_base
+    from prefixrl.tasks.arith import ArithVerifier
+
+    seen = {}
+
+    def fake_sft(out, tok, splits, cfg, *, steps, examples, examples_after, **kw):  # records what it is handed
+        seen["early"], seen["switch"] = examples, examples_after
+        return out / "base", [1.0]
+
+    monkeypatch.setattr(prefixrl.pipeline, "sft_base_model", fake_sft)
+    s = RegimeSettings(levels=(2, 5), per_level=200, slip_rate=0.4, early_slip_rate=0.1, clean_steps=10,
+                       sft_steps=20, checkpoints=0)
+    train_base(tmp_path, s)
+    wrong = {name: 1 - sum(ArithVerifier()(p, t) for p, t in ex if p.metadata["num_terms"] == 5) / 200
+             for name, ex in (("early", seen["early"]), ("late", seen["switch"][1]))}
+    assert seen["switch"][0] == 10
+    assert abs(wrong["early"] - (1 - 0.9 ** 4)) < 0.08 and abs(wrong["late"] - (1 - 0.6 ** 4)) < 0.08, wrong
 
 
 def test_first_term_max_is_validated():
