@@ -78,9 +78,10 @@ PRESETS: dict[str, BenchSettings] = {
 """Preset name -> settings. small and full share one base (`_REGIME`: chains of 2-6 labelled terms, a teacher that
 slips on 40 % of its lines after 800 clean steps, 1,400 SFT steps), so `--base-from` a small run skips it in full.
 full: the issue's sizes (256 hard problems, cap 1,024, 3 seeds) with 12 PrefixRL steps at RL lr 1e-4; not measured
-yet (docs/reproduction.md gives the small run's stage timings to scale from); small: 128 hard problems, cap 512,
-one seed (what docs/reproduction.md reports); smoke: the same pipeline in minutes (the e2e test), numbers
-meaningless."""
+yet (docs/reproduction.md gives the small run's stage timings to scale from: more than 3 h, as the methods without
+traces spend the larger sourcing budget); small: 128 hard problems, cap 512, one seed by default
+(docs/reproduction.md reports `--seeds 3`: 32-38 min per seed); smoke: the same pipeline in minutes (the e2e
+test), numbers meaningless."""
 
 
 def get_preset(name: str, *, seeds: int | None = None) -> BenchSettings:
