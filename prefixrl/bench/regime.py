@@ -73,8 +73,9 @@ class RegimeSettings:
     early_slip_rate: float = 0.0
     """The teacher's slip rate during the first clean_steps (0, the default: clean chains). On clean chains the true
     running sum and "the written total plus this term" are the same number, and base (g) learned the first: its last
-    line often gives the true sum after a wrong chain, so most sourced traces were unsound (docs/reproduction.md). A
-    few slipped-and-carried chains early teach it to carry on from what is written."""
+    line often gives the true sum after a wrong chain, so most sourced traces were unsound. Measured on the small
+    preset (docs/reproduction.md, session 6): 0.1 raised sound traces 24 -> 31 % and prefix success 6.6 -> 8.6 %,
+    0.2 lowered them to 0 % and 2.3 %; no preset uses it."""
     width: int = 3
     """Totals and answers are zero-padded to this many digits (`ArithConfig.width`). Unpadded, the 4-layer base was
     still at chance after 1,000 x 32 SFT steps (docs/reproduction.md)."""
