@@ -43,9 +43,16 @@ def load_curves(out: Path, methods: Sequence[str]) -> dict[str, list[dict[str, A
     return curves
 
 
+def value_at(points: list[dict[str, float]], x_key: str, x: float, key: str) -> float:
+    """The curve `key` at `x` on the axis `x_key`, interpolated linearly; nan when `x` is outside the curve."""
+    import numpy as np
+
+    return float(np.interp(x, [p[x_key] for p in points], [p[key] for p in points], left=math.nan, right=math.nan))
+
+
 def summarize(curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The table's numbers (module docstring)."""
-    from prefixrl.bench.reproduce import flops_to_reach, value_at
+    from prefixrl.bench.reproduce import flops_to_reach
 
     rows: dict[str, dict[str, Any]] = {}
     for method, runs in curves.items():

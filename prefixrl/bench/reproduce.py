@@ -235,12 +235,3 @@ def flops_to_reach(points: list[dict[str, float]], key: str, target: float) -> f
         prev = p
     return math.inf
 
-
-def value_at(points: list[dict[str, float]], x_key: str, x: float, key: str) -> float:
-    """The curve `key` at `x` on the axis `x_key`, interpolated linearly; nan when `x` is outside the curve."""
-    for a, b in zip(points, points[1:]):
-        if a[x_key] <= x <= b[x_key]:
-            if b[x_key] == a[x_key]:
-                return b[key]
-            return a[key] + (x - a[x_key]) / (b[x_key] - a[x_key]) * (b[key] - a[key])
-    return points[0][key] if len(points) == 1 and points[0][x_key] == x else math.nan

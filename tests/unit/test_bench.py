@@ -227,7 +227,7 @@ def test_methods_after_prefixrl_evaluate_at_flops_intervals():
 
 def test_report_gives_the_gain_with_and_without_sourcing_charged():
     """rl runs on to PrefixRL's total (30); read off its curve at PrefixRL's RL FLOPs (20) it had 0.2, not 0.5."""
-    from prefixrl.bench.reproduce import value_at
+    from prefixrl.bench.report import value_at
 
     pts = _curve("rl", [0.0, 0.1, 0.2, 0.5])["points"]
     assert value_at(pts, "flops_rl", 15.0, "train_hard/pass@1") == pytest.approx(0.15)
