@@ -153,12 +153,14 @@ def off_policy_is_mixed_loss(off_policy_B: torch.Tensor, sequence_weights_B: tor
     def loss(logprobs_BT: torch.Tensor, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if mb.old_logprobs_BT is None:
             raise ValueError("the off-policy IS loss needs behaviour log-probs in the batch (old_logprobs)")
-        off_B = off_policy_B[mb.index_B].to(logprobs_BT.dtype)
+        # The full-batch tensors may live on the CPU while the micro-batch is on the GPU.
+        off_B = off_policy_B[mb.index_B].to(logprobs_BT)
+        weights_B = sequence_weights_B[mb.index_B].to(logprobs_BT)
         on, m_on = losses.policy_gradient(logprobs_BT, mb.advantages_B, mb.loss_mask_BT * (1 - off_B)[:, None],
                                           num_tokens=1.0)  # fmt: skip
         off, m_off = losses.off_policy_is_loss(logprobs_BT, mb.old_logprobs_BT, mb.advantages_B,
                                                mb.loss_mask_BT * off_B[:, None], num_tokens=1.0, max_weight=max_weight,
-                                               sequence_weights_B=sequence_weights_B[mb.index_B])  # fmt: skip
+                                               sequence_weights_B=weights_B)  # fmt: skip
         return on + off, {**m_on, **m_off}
 
     return loss
@@ -173,8 +175,8 @@ def luffy_mixed_loss(off_policy_B: torch.Tensor, *, clip_low: float = 0.2, clip_
         if mb.old_logprobs_BT is None:
             raise ValueError("the LUFFY loss needs the on-policy rows' engine log-probs in the batch (old_logprobs)")
         return losses.luffy_loss(logprobs_BT, mb.old_logprobs_BT, mb.advantages_B, mb.loss_mask_BT,
-                                 off_policy_B[mb.index_B], num_tokens=1.0, clip_low=clip_low, clip_high=clip_high,
-                                 gamma=gamma)  # fmt: skip
+                                 off_policy_B[mb.index_B].to(logprobs_BT.device), num_tokens=1.0, clip_low=clip_low,
+                                 clip_high=clip_high, gamma=gamma)  # fmt: skip
 
     return loss
 

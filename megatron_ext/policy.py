@@ -108,6 +108,11 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
 
 
+def _collective_device() -> torch.device | str:
+    """Where tensors for torch.distributed collectives live: NCCL (the CUDA backend) reduces only CUDA tensors."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+
+
 def _decay_style(settings: OptimizerSettings) -> str:
     return "constant" if settings.lr_schedule == "constant" or settings.decay_steps == 0 else settings.lr_schedule
 
@@ -187,7 +192,8 @@ class MegatronPolicy:
                                                 temperature=self.cfg.temperature)
         reports = self._run_schedule(micro, forward_step, forward_only=False)
         sums = self._reduce_reports(reports)
-        finite = torch.tensor(float(all(torch.isfinite(v).all() for v in sums.values()) and self._grads_finite()))
+        finite = torch.tensor(float(all(torch.isfinite(v).all() for v in sums.values()) and self._grads_finite()),
+                              device=_collective_device())
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         metrics: dict[str, float] = {}
         if finite.item() == 1.0:
@@ -229,7 +235,7 @@ class MegatronPolicy:
         if reports:
             vec = torch.stack([sum(r[k].double() for r in reports) for k in keys])
         else:
-            vec = torch.zeros(len(keys), dtype=torch.double)
+            vec = torch.zeros(len(keys), dtype=torch.double, device=_collective_device())
         if self.pp_size > 1:
             dist.broadcast(vec, src=src, group=parallel_state.get_pipeline_model_parallel_group())
         dist.all_reduce(vec, group=parallel_state.get_data_parallel_group())
@@ -250,14 +256,14 @@ class MegatronPolicy:
             outputs = self._run_schedule(micro, hooks.logprob_forward_step(
                 vocab_size=self.spec.vocab_size, temperature=self.cfg.temperature), forward_only=True)
         B, T = batch.tokens_BT.shape
-        out_BT = torch.zeros(B, T, dtype=torch.float32)
+        out_BT = torch.zeros(B, T, dtype=torch.float32, device=_collective_device())
         for index_B, lp_BT in outputs:
-            out_BT[index_B, : lp_BT.shape[1]] = lp_BT.float().cpu()
+            out_BT[index_B.to(out_BT.device), : lp_BT.shape[1]] = lp_BT.float()
         dist.all_reduce(out_BT, group=parallel_state.get_data_parallel_group())  # ranks fill disjoint rows
         if self.pp_size > 1:
             group = parallel_state.get_pipeline_model_parallel_group()
             dist.broadcast(out_BT, src=dist.get_process_group_ranks(group)[-1], group=group)
-        return out_BT * batch.loss_mask_BT.gt(0)  # zero outside the mask
+        return out_BT.cpu() * batch.loss_mask_BT.gt(0)  # zero outside the mask
 
     def set_lr(self, lr: float) -> None:
         """Train at a constant `lr` from now on: the schedule's peak and floor both become `lr` (warm-up steps left,
