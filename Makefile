@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-unit test-dist test-e2e clean
+.PHONY: setup demo test test-unit test-dist test-gpu test-e2e clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ test-unit: $(STAMP)
 
 test-dist: $(STAMP)
 	$(BIN)/python -m pytest tests/dist -q
+
+# Skipped without CUDA; on a GPU node without this venv use `bash bench/gpu_check.sh` (docs/gpu.md).
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest tests/gpu -q
 
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e -q
