@@ -73,8 +73,11 @@ def check_fp8(precision: PrecisionConfig) -> None:
         )
 
 
-def transformer_config(spec: ModelSpec, *, precision: PrecisionConfig = PrecisionConfig()):  # noqa: ANN201
-    """Megatron TransformerConfig for `spec` at the current parallel state."""
+def transformer_config(spec: ModelSpec, *, precision: PrecisionConfig = PrecisionConfig(),  # noqa: ANN201
+                       initialize: bool = True):
+    """Megatron TransformerConfig for `spec` at the current parallel state. `initialize`: draw random weights on the
+    CPU (the full weight, then this rank's slice: the same model at every TP size); False leaves the parameters
+    unset, allocated directly on the GPU when there is one, for a caller that loads every one of them."""
     from megatron.core import parallel_state
     from megatron.core.transformer import TransformerConfig
 
@@ -109,8 +112,8 @@ def transformer_config(spec: ModelSpec, *, precision: PrecisionConfig = Precisio
         apply_rope_fusion=False,
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
-        use_cpu_initialization=True,
-        perform_initialization=True,
+        use_cpu_initialization=initialize or not torch.cuda.is_available(),
+        perform_initialization=initialize,
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
@@ -147,13 +150,14 @@ def _apply_llama3_rope_scaling(model: torch.nn.Module, spec: ModelSpec) -> None:
     )
 
 
-def build(spec: ModelSpec, *, precision: PrecisionConfig = PrecisionConfig(),
-          vocab_divisible_by: int = 128) -> list[torch.nn.Module]:
-    """This rank's GPTModel chunk(s), randomly initialised (one chunk: no virtual pipeline stages)."""
+def build(spec: ModelSpec, *, precision: PrecisionConfig = PrecisionConfig(), vocab_divisible_by: int = 128,
+          initialize: bool = True) -> list[torch.nn.Module]:
+    """This rank's GPTModel chunk(s), randomly initialised (one chunk: no virtual pipeline stages); with
+    `initialize=False` the parameters are left unset for the caller to load (`from_hf`)."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
-    cfg = transformer_config(spec, precision=precision)
+    cfg = transformer_config(spec, precision=precision, initialize=initialize)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     llama3 = bool(spec.rope_scaling) and spec.rope_scaling.get("rope_type") == "llama3"
     model = GPTModel(
@@ -188,7 +192,7 @@ def from_hf(path: str | os.PathLike, *, precision: PrecisionConfig | None = None
     spec = ModelSpec.from_pretrained(path)
     if precision is None:
         precision = PrecisionConfig(dtype="bfloat16" if spec.torch_dtype == "bfloat16" else "float32")
-    chunks = build(spec, precision=precision)
+    chunks = build(spec, precision=precision, initialize=False)  # load_hf_into sets every parameter
     convert.load_hf_into(chunks, path)
     return chunks
 

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 class _State:
     compat: CpuCompat | None = None
     owns_process_group: bool = False
+    env_set: tuple[str, ...] = ()
+    """The launcher variables `initialize` set itself (a one-process run): `shutdown` removes them, so a later
+    subprocess does not inherit a MASTER_PORT this process may still hold."""
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     seed: int = 0
@@ -45,24 +48,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _init_process_group() -> bool:
-    """Initialise torch.distributed if needed; return True if this call created the group."""
+def _init_process_group() -> tuple[bool, tuple[str, ...]]:
+    """Initialise torch.distributed if needed: (whether this call created the group, the variables it set)."""
     if dist.is_initialized():
-        return False
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        return False, ()
+    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    env_set = tuple(k for k in defaults if k not in os.environ)
+    for k in env_set:
+        os.environ[k] = defaults[k]
     if "MASTER_PORT" not in os.environ:
         if os.environ["WORLD_SIZE"] != "1":
             raise RuntimeError("WORLD_SIZE > 1 but MASTER_PORT is unset: launch with torchrun (it sets both)")
         os.environ["MASTER_PORT"] = str(free_port())
+        env_set += ("MASTER_PORT",)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group(backend="nccl")
     else:
         dist.init_process_group(backend="gloo")
-    return True
+    return True, env_set
 
 
 def seed_all(seed: int) -> None:
@@ -87,11 +91,13 @@ def initialize(*, tensor_parallel: int = 1, pipeline_parallel: int = 1, seed: in
         raise ValueError(f"parallel sizes must be >= 1, got tensor_parallel={tensor_parallel}, "
                          f"pipeline_parallel={pipeline_parallel}")
     state = _State(tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel, seed=seed)
-    state.owns_process_group = _init_process_group()
+    state.owns_process_group, state.env_set = _init_process_group()
     world = dist.get_world_size()
     if world % (tensor_parallel * pipeline_parallel):
         if state.owns_process_group:
             dist.destroy_process_group()
+        for k in state.env_set:
+            os.environ.pop(k, None)
         raise ValueError(
             f"world size {world} is not a multiple of tensor_parallel * pipeline_parallel = "
             f"{tensor_parallel} * {pipeline_parallel}; launch {tensor_parallel * pipeline_parallel}*k processes "
@@ -133,5 +139,7 @@ def shutdown() -> None:
         if state.owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
     finally:
+        for k in state.env_set:
+            os.environ.pop(k, None)
         if state.compat is not None:
             state.compat.exit()

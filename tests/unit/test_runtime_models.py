@@ -1,6 +1,7 @@
 """Single-process runtime and model building: seeds, errors, HF parity at TP=1 (oracle: HF transformers)."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -56,6 +57,20 @@ def test_world_size_must_fit_layout():
     with pytest.raises(ValueError, match="not a multiple"):
         runtime.initialize(tensor_parallel=2)
     assert not runtime.is_initialized()
+    assert "MASTER_PORT" not in os.environ
+
+
+def test_shutdown_removes_the_launcher_variables_it_set(monkeypatch):
+    # A one-process run sets RANK/WORLD_SIZE/.../MASTER_PORT itself; left behind, a CLI subprocess started later
+    # inherited a MASTER_PORT and failed with EADDRINUSE. Variables set by a launcher stay.
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    runtime.initialize(seed=0)
+    assert os.environ["WORLD_SIZE"] == "1" and "MASTER_PORT" in os.environ
+    runtime.shutdown()
+    assert [k for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT") if k in os.environ] == []
+    assert os.environ["MASTER_ADDR"] == "127.0.0.1"
 
 
 def test_missing_and_unexpected_tensors_are_listed(tmp_path, megatron_tp1):
