@@ -197,7 +197,7 @@ def main() -> None:
     runtime.initialize(seed=0)
     try:
         t0 = time.perf_counter()
-        scratch = models.build(s.spec, precision=BF16, initialize=False)  # what from_hf builds before loading
+        scratch = models.build(s.spec, precision=BF16, for_loading=True)  # what from_hf builds before loading
         results["build_for_loading_seconds"] = time.perf_counter() - t0
         del scratch
         if torch.cuda.is_available():
@@ -206,7 +206,7 @@ def main() -> None:
         chunks = models.build(s.spec, precision=BF16)
         results["build_seconds"] = time.perf_counter() - t0
         print(f"built in {results['build_seconds']:.1f} s (random weights: CPU initialisation, then copied to the "
-              f"device); for loading (from_hf: parameters left unset) in {results['build_for_loading_seconds']:.1f} s",
+              f"device); for loading (from_hf: drawn on the GPU) in {results['build_for_loading_seconds']:.1f} s",
               flush=True)
         results["forward_backward"] = fb = forward_backward(s, chunks)
         _report(f"forward+backward ({s.steps} steps after {s.warmup} warm-up)", fb)

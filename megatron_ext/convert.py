@@ -431,7 +431,7 @@ def load_megatron_checkpoint(src: str | os.PathLike, *, precision: Any = None) -
     if not meta.exists():
         raise FileNotFoundError(f"{src} is not a complete PrefixRL Megatron checkpoint ({MEGATRON_META} is missing)")
     spec = ModelSpec.from_hf_config(json.loads(meta.read_text()))
-    chunks = models.build(spec, precision=precision or models.PrecisionConfig(), initialize=False)  # strict load
+    chunks = models.build(spec, precision=precision or models.PrecisionConfig(), for_loading=True)  # strict load
     model = unwrap(chunks[0])
     state = dist_checkpointing.load(model.sharded_state_dict(prefix="model."), str(src))
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=True)

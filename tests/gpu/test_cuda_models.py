@@ -9,7 +9,7 @@ import torch
 
 from megatron_ext import models
 from megatron_ext.spec import tiny_preset
-from tests.helpers.hf_models import save_hf_model, tiny_spec
+from tests.helpers.hf_models import save_hf_model, tiny_spec, unmarked_tp_weights
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -82,6 +82,12 @@ def test_bf16_is_as_close_to_fp32_as_hf_bf16(variant, hf_dirs, device):
     lp, lp32, lp16 = (_token_logprobs(x, ids) for x in (out, ref32, ref16))
     lp_err, lp_err_hf = (lp - lp32).abs().max().item(), (lp16 - lp32).abs().max().item()
     assert lp_err < 3 * lp_err_hf + 2e-2, f"{variant}: logprob error {lp_err:.3e}, HF bf16's {lp_err_hf:.3e}"
+
+
+def test_loaded_model_marks_its_tensor_parallel_weights(hf_dirs, megatron_cuda):
+    model = models.from_hf(hf_dirs["llama"])[0]  # weights drawn on the GPU, then loaded
+    assert any(n.endswith("linear_qkv.weight") for n, _ in model.named_parameters())
+    assert unmarked_tp_weights(model) == []
 
 
 def test_without_transformer_engine_the_local_spec_is_built(megatron_cuda):

@@ -42,3 +42,15 @@ def hf_logits(path: Path, input_ids: torch.Tensor) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
         return model(input_ids).logits.float()
+
+
+TP_SPLIT_WEIGHTS = ("word_embeddings.weight", "linear_qkv.weight", "linear_proj.weight", "linear_fc1.weight",
+                    "linear_fc2.weight", "output_layer.weight")
+"""Megatron weights split across tensor-parallel ranks (vocab, columns or rows)."""
+
+
+def unmarked_tp_weights(model: torch.nn.Module) -> list[str]:
+    """TP-split weights that lack Megatron's `tensor_model_parallel` mark: the gradient norm would count them on one
+    rank only (a TP=2 tied-embedding grad norm came out 15.7 instead of 20.8 when from_hf skipped initialisation)."""
+    return [n for n, p in model.named_parameters()
+            if n.endswith(TP_SPLIT_WEIGHTS) and not getattr(p, "tensor_model_parallel", False)]

@@ -8,7 +8,7 @@ import torch
 
 from megatron_ext import models, runtime
 from megatron_ext.spec import ModelSpec, tiny_preset
-from tests.helpers.hf_models import hf_logits, save_hf_model, tiny_spec
+from tests.helpers.hf_models import hf_logits, save_hf_model, tiny_spec, unmarked_tp_weights
 
 SHARED = "../shared/data/model_configs"
 
@@ -28,6 +28,12 @@ def test_hf_parity_tp1(family, tmp_path, megatron_tp1):
     ref = hf_logits(path, ids)
     assert out.shape == ref.shape == (3, 23, 1000)
     assert (out - ref).abs().max().item() < 1e-5
+
+
+def test_loaded_model_marks_its_tensor_parallel_weights(tmp_path, megatron_tp1):
+    model = models.from_hf(save_hf_model(tiny_spec("llama"), tmp_path / "m"))[0]
+    assert any(n.endswith("linear_qkv.weight") for n, _ in model.named_parameters())
+    assert unmarked_tp_weights(model) == []
 
 
 def test_sharded_checkpoint_with_index(tmp_path, megatron_tp1):
