@@ -9,7 +9,7 @@
     prefixrl convert hf-to-megatron SRC DST --tp 2 --pp 1
     prefixrl convert megatron-to-hf SRC DST
     prefixrl demo --out runs/demo
-    prefixrl bench reproduce --preset smoke|full [--seeds N] [--out DIR]
+    prefixrl bench reproduce --preset smoke|small|full [--seeds N] [--out DIR] [--set KEY=VALUE] [--regime-only]
 
 Heavy libraries (megatron, vllm) are imported inside the subcommand that needs them, never at import time.
 """
@@ -296,6 +296,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--base-from", metavar="DIR",
                    help="reuse the trained base model (and its level probe) of another benchmark directory whose base "
                    "settings match, instead of training one (the longest stage)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a preset field (repeatable), e.g. --set regime.sft_steps=2000 --set "
+                   "regime.levels=2,3,4,5,6,7,8,9 --set methods=prefixrl,rl; recorded in <out>/settings.json")
+    r.add_argument("--regime-only", action="store_true",
+                   help="stop after the regime stage (base, level probe, splits, sourcing) and print its figures")
     r.add_argument("--base-checkpoint", metavar="NAME",
                    help="start every method from this saved base checkpoint (e.g. step-01200; default: the final "
                    "base), chosen from <out>/regime/probe.json when the final base is too strong for a hard level")
@@ -308,20 +313,24 @@ def _bench_reproduce(args: argparse.Namespace) -> None:
 
     from prefixrl.bench.reproduce import get_preset, run_benchmark
 
-    settings = get_preset(args.preset, seeds=args.seeds)
+    from prefixrl.settings import apply_overrides
+
+    settings = apply_overrides(get_preset(args.preset, seeds=args.seeds), args.overrides)
     if args.base_checkpoint:
         settings = replace(settings, regime=replace(settings.regime, base_checkpoint=args.base_checkpoint))
     out = args.out or f"runs/repro-{args.preset}"
-    report = run_benchmark(out, settings, base_from=args.base_from)
-    print((Path(out) / "report" / "table.md").read_text())
+    report = run_benchmark(out, settings, base_from=args.base_from, regime_only=args.regime_only)
+    if not args.regime_only:
+        print((Path(out) / "report" / "table.md").read_text())
     reg = report.get("regime", {})
     if reg:
         k = reg["k"]
         print(f"regime: hard = {reg['hard_level_terms']} terms, {reg['answer_space']} answers; base pass@{k} on "
               f"train_hard {reg['base_pass_at_k_train_hard']:.3f}; sourced {reg['sourced_fraction']:.2f} of "
               f"{reg['train_hard']} problems (cap {reg['source_cap']}); success from a 40-80% prefix "
-              f"{reg['prefix_success']:.3f}")
-    print(f"plots: {', '.join(report['plots'])}")
+              f"{reg['prefix_success']:.3f}; sound traces {reg.get('sound_trace_fraction', float('nan')):.2f}")
+    if not args.regime_only:
+        print(f"plots: {', '.join(report['plots'])}")
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [

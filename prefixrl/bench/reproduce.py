@@ -93,10 +93,12 @@ def get_preset(name: str, *, seeds: int | None = None) -> BenchSettings:
 
 
 # ------------------------------------------------------------------------------------------------ the run
-def run_benchmark(out_dir: str | Path, s: BenchSettings, *, base_from: str | Path | None = None) -> dict[str, Any]:
+def run_benchmark(out_dir: str | Path, s: BenchSettings, *, base_from: str | Path | None = None,
+                  regime_only: bool = False) -> dict[str, Any]:
     """All stages (module docstring); returns the report. `base_from`: another benchmark directory whose finished
-    base stage (same base settings) is copied instead of training one (`regime.adopt_base`). Needs nothing
-    initialised (it initialises Megatron)."""
+    base stage (same base settings) is copied instead of training one (`regime.adopt_base`). `regime_only`: stop
+    after the regime stage (base, probe, splits, sourcing, figures) and return {"regime": its figures}. Needs
+    nothing initialised (it initialises Megatron)."""
     from megatron_ext import runtime
 
     out = Path(out_dir)
@@ -117,6 +119,8 @@ def run_benchmark(out_dir: str | Path, s: BenchSettings, *, base_from: str | Pat
     try:
         ctx = _context(out, s)
         engine = ctx.engine
+        if regime_only:
+            return {"regime": json.loads((out / "regime" / "regime.json").read_text())}
         for seed in range(s.seeds):
             for name in s.methods:
                 path = out / "runs" / name / f"seed{seed}.json"

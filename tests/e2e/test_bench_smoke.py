@@ -62,6 +62,17 @@ def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
     assert "sft step" not in r.stderr
     assert json.loads((tmp_path / "again" / "regime" / "regime.json").read_text())["base_checkpoint"] == "step-00030"
 
+    # The regime stage alone with a preset field overridden; the override is recorded, so another one is refused.
+    reg = tmp_path / "regime"
+    r = _bench(reg, "--base-from", str(out), "--set", "regime.prefix_probe_problems=4",
+               "--regime-only")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "regime: hard =" in r.stdout and "sound traces" in r.stdout and "| method |" not in r.stdout
+    assert (reg / "regime" / "regime.json").exists() and not (reg / "runs").exists()
+    assert json.loads((reg / "settings.json").read_text())["regime"]["prefix_probe_problems"] == 4
+    bad = _bench(reg, "--set", "regime.prefix_probe_problems=5", "--regime-only")
+    assert bad.returncode != 0 and "other settings" in bad.stderr, bad.stderr[-2000:]
+
 
 def test_unknown_preset_lists_them(tmp_path):
     r = subprocess.run([sys.executable, "-m", "prefixrl.cli", "bench", "reproduce", "--preset", "huge", "--out",

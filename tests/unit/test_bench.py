@@ -26,6 +26,22 @@ def test_presets_and_errors():
     assert full.max_answer + 1 >= 1000 and full.train_hard >= 256 and full.source_cap <= 1024
 
 
+def test_preset_fields_can_be_overridden_and_are_validated():
+    from prefixrl.settings import apply_overrides
+
+    s = apply_overrides(get_preset("small"), ["regime.sft_steps=2000", "regime.levels=2,3,4,5,6,7,8,9",
+                                              "methods=prefixrl,rl", "rl.max_steps_factor=12"])
+    assert s.regime.levels == (2, 3, 4, 5, 6, 7, 8, 9) and s.regime.sft_steps == 2000
+    assert s.methods == ("prefixrl", "rl")
+    assert s.rl.max_steps_factor == 12.0 and s.regime.slip_rate == get_preset("small").regime.slip_rate
+    with pytest.raises(ValueError, match="did you mean 'regime.sft_steps'"):
+        apply_overrides(get_preset("small"), ["regime.sftsteps=3"])
+    with pytest.raises(ValueError, match="prefixrl must come first"):
+        apply_overrides(get_preset("small"), ["methods=rl,prefixrl"])
+    with pytest.raises(ValueError, match="clean_steps=800 >= sft_steps=700"):
+        apply_overrides(get_preset("small"), ["regime.sft_steps=700"])
+
+
 def test_settings_file_refuses_other_settings_but_allows_more_seeds(tmp_path):
     s = PRESETS["smoke"]
     _check_settings_file(tmp_path, s)
