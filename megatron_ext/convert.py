@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
+from megatron_ext import runtime
 from megatron_ext.spec import ModelSpec
 
 Split = Literal["replicated", "cols", "vocab", "gate_up", "qkv"]
@@ -299,7 +300,7 @@ def export_hf(chunks: list[torch.nn.Module], *, gradients: bool = False) -> Iter
     pp_group = parallel_state.get_pipeline_model_parallel_group()
     my_stage = parallel_state.get_pipeline_model_parallel_rank()
     params = {name: p for chunk in chunks for name, p in global_named_parameters(chunk)}
-    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    device = runtime.device()
     for stage, entries in enumerate(_manifest(chunks, spec, gradients=gradients)):
         for name, shape, dtype_name in entries:
             rule = rule_for(name, spec)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_ext import runtime
 from megatron_ext.logprobs import vocab_parallel_entropy, vocab_parallel_logprobs
 from prefixrl import losses
 from prefixrl.batching import RLBatch
@@ -98,7 +99,7 @@ def make_microbatches(batch: RLBatch, *, dp_rank: int, dp_size: int, micro_batch
     check_batch(batch, dp_size=dp_size, micro_batch_size=micro_batch_size, max_seq_len=max_seq_len)
     mine = deal_to_ranks(batch.seq_lens_B, num_ranks=dp_size)[dp_rank]
     global_T = int(batch.seq_lens_B.max())
-    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    device = runtime.device()
     out = []
     for start in range(0, len(mine), micro_batch_size):
         idx_B = torch.tensor(mine[start : start + micro_batch_size], dtype=torch.long)

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from megatron_ext import runtime
 from megatron_ext.spec import ModelSpec, tiny_preset
 
 # Legend: B = sequences, T = tokens, V = vocab (V/TP when sharded), H = hidden.
@@ -221,7 +222,7 @@ def forward_only(chunks: list[torch.nn.Module], input_ids_BT: torch.Tensor) -> t
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    device = runtime.device()
     ids_BT = input_ids_BT.to(device)
     B, T = ids_BT.shape
     pos_BT = torch.arange(T, device=device).unsqueeze(0).expand(B, T)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_ext import hooks, models
+from megatron_ext import hooks, models, runtime
 from megatron_ext.hooks import LossFn
 from megatron_ext.models import PrecisionConfig
 from prefixrl.batching import RLBatch
@@ -106,11 +106,6 @@ class PolicyConfig:
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
-
-
-def _collective_device() -> torch.device | str:
-    """Where tensors for torch.distributed collectives live: NCCL (the CUDA backend) reduces only CUDA tensors."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
 
 
 def _decay_style(settings: OptimizerSettings) -> str:
@@ -193,7 +188,7 @@ class MegatronPolicy:
         reports = self._run_schedule(micro, forward_step, forward_only=False)
         sums = self._reduce_reports(reports)
         finite = torch.tensor(float(all(torch.isfinite(v).all() for v in sums.values()) and self._grads_finite()),
-                              device=_collective_device())
+                              device=runtime.device())
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         metrics: dict[str, float] = {}
         if finite.item() == 1.0:
@@ -235,7 +230,7 @@ class MegatronPolicy:
         if reports:
             vec = torch.stack([sum(r[k].double() for r in reports) for k in keys])
         else:
-            vec = torch.zeros(len(keys), dtype=torch.double, device=_collective_device())
+            vec = torch.zeros(len(keys), dtype=torch.double, device=runtime.device())
         if self.pp_size > 1:
             dist.broadcast(vec, src=src, group=parallel_state.get_pipeline_model_parallel_group())
         dist.all_reduce(vec, group=parallel_state.get_data_parallel_group())
@@ -256,7 +251,7 @@ class MegatronPolicy:
             outputs = self._run_schedule(micro, hooks.logprob_forward_step(
                 vocab_size=self.spec.vocab_size, temperature=self.cfg.temperature), forward_only=True)
         B, T = batch.tokens_BT.shape
-        out_BT = torch.zeros(B, T, dtype=torch.float32, device=_collective_device())
+        out_BT = torch.zeros(B, T, dtype=torch.float32, device=runtime.device())
         for index_B, lp_BT in outputs:
             out_BT[index_B.to(out_BT.device), : lp_BT.shape[1]] = lp_BT.float()
         dist.all_reduce(out_BT, group=parallel_state.get_data_parallel_group())  # ranks fill disjoint rows

@@ -69,6 +69,12 @@ def _init_process_group() -> tuple[bool, tuple[str, ...]]:
     return True, env_set
 
 
+def device() -> torch.device:
+    """This rank's device: its CUDA device with a GPU, the CPU otherwise. Tensors handed to torch.distributed
+    collectives must live here (NCCL reduces only CUDA tensors)."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def seed_all(seed: int) -> None:
     """Seed python, numpy, torch and megatron's model-parallel RNG tracker (after parallel state exists)."""
     from megatron.core import tensor_parallel

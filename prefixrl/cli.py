@@ -308,16 +308,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench_reproduce(args: argparse.Namespace) -> None:
-    from dataclasses import replace
     from pathlib import Path
 
     from prefixrl.bench.reproduce import get_preset, run_benchmark
-
     from prefixrl.settings import apply_overrides
 
-    settings = apply_overrides(get_preset(args.preset, seeds=args.seeds), args.overrides)
-    if args.base_checkpoint:
-        settings = replace(settings, regime=replace(settings.regime, base_checkpoint=args.base_checkpoint))
+    overrides = args.overrides + ([f"regime.base_checkpoint={args.base_checkpoint}"] if args.base_checkpoint else [])
+    settings = apply_overrides(get_preset(args.preset, seeds=args.seeds), overrides)
     out = args.out or f"runs/repro-{args.preset}"
     report = run_benchmark(out, settings, base_from=args.base_from, regime_only=args.regime_only)
     if not args.regime_only:

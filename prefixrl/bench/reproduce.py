@@ -117,10 +117,10 @@ def run_benchmark(out_dir: str | Path, s: BenchSettings, *, base_from: str | Pat
     runtime.initialize(seed=s.regime.seed)
     engine = None
     try:
-        ctx = _context(out, s)
-        engine = ctx.engine
+        reg, engine = _regime(out, s)
         if regime_only:
-            return {"regime": json.loads((out / "regime" / "regime.json").read_text())}
+            return {"regime": reg.figures}
+        ctx = _context(reg, engine, s)
         for seed in range(s.seeds):
             for name in s.methods:
                 path = out / "runs" / name / f"seed{seed}.json"
@@ -172,22 +172,19 @@ def _with_new_defaults(old: dict[str, Any], defaults: dict[str, Any]) -> dict[st
     return out
 
 
-def _context(out: Path, s: BenchSettings) -> Any:
+def _regime(out: Path, s: BenchSettings) -> tuple[Any, Any]:
+    """The regime stage (built or read back) and the engine on the base."""
     from prefixrl.bench.regime import build_regime
     from prefixrl.pipeline import SYNTHETIC_MAX_LEN, build_engine
 
     def engine_factory(model_dir: Path) -> Any:
         return build_engine(model_dir, max_model_len=SYNTHETIC_MAX_LEN, seed=s.regime.seed)
 
-    reg, engine = build_regime(out / "regime", s.regime, engine_factory=engine_factory)
-    try:
-        return _context_on(reg, engine, s)
-    except BaseException:
-        engine.shutdown()  # a setup error must not leave the engine to vLLM's exit hook (a second, confusing error)
-        raise
+    return build_regime(out / "regime", s.regime, engine_factory=engine_factory)
 
 
-def _context_on(reg: Any, engine: Any, s: BenchSettings) -> Any:
+def _context(reg: Any, engine: Any, s: BenchSettings) -> Any:
+    """What the methods share: splits, traces, prefix pools and the base's SFT examples (methods.Context)."""
     from prefixrl import prefixes
     from prefixrl.bench.methods import Context
     from prefixrl.bench.regime import base_examples
