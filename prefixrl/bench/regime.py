@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,7 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
     done = out / "base.json"
     if done.exists():
         return json.loads(done.read_text())
+    t0 = time.perf_counter()
     corpus, final = base_corpus(s), base_examples(s)
     switch = (s.clean_steps, final) if s.slip_rate > 0 and s.clean_steps else None
     examples = base_examples(replace(s, slip_rate=s.early_slip_rate, early_slip_rate=0.0)) if switch else final
@@ -212,8 +214,9 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
                                examples=examples, lr=s.sft_lr, save_every=save_every,
                                examples_after=switch)  # fmt: skip
     info = {"sft_steps": s.sft_steps, "sft_examples": len(final), "sft_problems": len(corpus),
-            "sft_sequences": s.sft_steps * s.sft_batch, "loss_first_last": [losses[0], sum(losses[-20:]) / len(losses[-20:])],
-            "loss_curve": losses[:: max(1, len(losses) // 50)]}  # fmt: skip
+            "sft_sequences": s.sft_steps * s.sft_batch,
+            "loss_first_last": [losses[0], sum(losses[-20:]) / len(losses[-20:])],
+            "loss_curve": losses[:: max(1, len(losses) // 50)], "wall_s": time.perf_counter() - t0}  # fmt: skip
     (out / "base_prompts.json").write_text(json.dumps(sorted(p.prompt for p in corpus)))
     done.write_text(json.dumps(info, indent=1))
     return info
@@ -276,6 +279,7 @@ def probe_levels(out: Path, s: RegimeSettings, *, engine: Any, tokenizer: Any) -
     done = out / "probe.json"
     if done.exists():
         return json.loads(done.read_text())
+    t0 = time.perf_counter()
     ckpts = [*sorted((out / "checkpoints").glob("step-*")), out / "base"]
     probes = {lv: level_problems(s, level=lv, count=s.probe_problems, tag="probe", seed=s.seed + 2) for lv in s.levels}
     gen, fmt = EngineGenerateFn(engine, tokenizer), prompt_formatter(tokenizer)
@@ -286,7 +290,8 @@ def probe_levels(out: Path, s: RegimeSettings, *, engine: Any, tokenizer: Any) -
         curve[ck.name] = {lv: evaluate(ps, generate_fn=gen, verifier=ArithVerifier(), format_prompt=fmt,
                                        cfg=ecfg).pass_at_k[s.probe_k] for lv, ps in probes.items()}  # fmt: skip
         logger.info("probe %s: %s", ck.name, curve[ck.name])
-    info = {"pass_at_k": s.probe_k, "curve": {k: {str(lv): v for lv, v in c.items()} for k, c in curve.items()}}
+    info = {"pass_at_k": s.probe_k, "curve": {k: {str(lv): v for lv, v in c.items()} for k, c in curve.items()},
+            "wall_s": time.perf_counter() - t0}
     done.write_text(json.dumps(info, indent=1))
     return info
 
@@ -349,16 +354,22 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits,
                       figures=json.loads(fig_path.read_text())), engine  # fmt: skip
     ecfg = EvalConfig(num_samples=s.probe_k, temperature=1.0, max_tokens=s.gen_tokens, seed=s.seed + 3)
+    t0 = time.perf_counter()
     base_eval = {name: evaluate(ps, generate_fn=gen, verifier=verifier, format_prompt=fmt, cfg=ecfg).pass_at_k
                  for name, ps in splits.items()}  # fmt: skip
+    wall = {"base_eval": time.perf_counter() - t0}
     run_sourcer(SourcerConfig(out_dir=str(out / "traces"), model="bench-base", tokenizer=tokenizer_name(tokenizer),
                               max_attempts=s.source_cap, samples_per_round=min(64, s.source_cap),
                               problems_per_round=64, max_tokens=s.gen_tokens, seed=s.seed, keep_logprobs=True),
                 splits["train_hard"], generate_fn=gen, verifier=verifier, format_prompt=fmt)  # fmt: skip
+    wall["sourcing"] = time.perf_counter() - t0 - wall["base_eval"]
     progress, _ = read_progress(out / "traces")
     solved = [p for p in splits["train_hard"] if p.problem_id in progress and progress[p.problem_id].solved]
     by_id = {p.problem_id: p for p in splits["train_hard"]}
     sound = [chain_is_sound(by_id[t.problem_id], t.text) for t in load_traces(out / "traces")]
+    t1 = time.perf_counter()
+    success = prefix_success(out, s, solved, engine=engine, tokenizer=tokenizer)
+    wall["prefix_probe"] = time.perf_counter() - t1
     figures = {
         "base_checkpoint": s.base_checkpoint, "hard_level_terms": hard_level, "medium_level_terms": medium_level,
         "answer_space": s.max_answer + 1, "train_hard": len(splits["train_hard"]),
@@ -369,7 +380,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         "sourcing_attempts_mean": sum(progress[p.problem_id].num_attempts for p in splits["train_hard"]
                                       if p.problem_id in progress) / len(splits["train_hard"]),
         "sound_trace_fraction": sum(sound) / max(1, len(sound)),
-        "prefix_success": prefix_success(out, s, solved, engine=engine, tokenizer=tokenizer),
+        "prefix_success": success, "wall_s": wall,
         "base": {k: v for k, v in base_info.items() if k != "loss_curve"}, "probe": probe,
     }  # fmt: skip
     fig_path.write_text(json.dumps(figures, indent=1))

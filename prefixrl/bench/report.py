@@ -165,6 +165,31 @@ def regime_markdown(regime: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def wall_times(curves: dict[str, list[dict[str, Any]]], regime: dict[str, Any]) -> dict[str, Any]:
+    """Seconds each stage took on this machine: {"regime": {stage: s}, "methods": {method: [s per seed]}, "total":
+    s}. The regime stages are base (SFT), probe, base_eval, sourcing and prefix_probe; a stage read back from
+    another directory (`--base-from`) counts what it took there, and one written before stage times were recorded
+    is missing (so is its share of the total)."""
+    stages = {"base": regime.get("base", {}).get("wall_s"), "probe": regime.get("probe", {}).get("wall_s"),
+              **regime.get("wall_s", {})}  # fmt: skip
+    stages = {k: float(v) for k, v in stages.items() if v is not None}
+    methods = {m: [float(r["wall_s"]) for r in runs if "wall_s" in r] for m, runs in curves.items()}
+    return {"regime": stages, "methods": methods,
+            "total": sum(stages.values()) + sum(sum(v) for v in methods.values())}
+
+
+def wall_markdown(wall: dict[str, Any]) -> str:
+    """The wall-time table (minutes): regime stages, then per method the mean per seed and the sum over seeds."""
+    lines = ["| stage | minutes per seed | minutes in all |", "|---|---|---|"]
+    lines += [f"| regime: {k} | - | {v / 60:.1f} |" for k, v in wall["regime"].items()]
+    for m, secs in wall["methods"].items():
+        if secs:
+            per = _mean_std([x / 60 for x in secs])
+            lines.append(f"| {m} ({len(secs)} seeds) | {_fmt(per, digits=1)} | {sum(secs) / 60:.1f} |")
+    lines.append(f"| **total** | | **{wall['total'] / 60:.1f}** |")
+    return "\n".join(lines) + "\n"
+
+
 def _band(runs: list[dict[str, Any]], series: str, key: str) -> tuple[Any, Any, Any]:
     import numpy as np
 
@@ -221,7 +246,9 @@ def write_report(out: Path, s: Any) -> dict[str, Any]:
     report["regime"] = json.loads(regime_path.read_text()) if regime_path.exists() else {}
     rep_dir = out / "report"
     rep_dir.mkdir(parents=True, exist_ok=True)
-    (rep_dir / "table.md").write_text(table_markdown(report) + "\n" + regime_markdown(report["regime"]))
+    report["wall_s"] = wall_times(curves, report["regime"])
+    (rep_dir / "table.md").write_text(table_markdown(report) + "\n" + regime_markdown(report["regime"]) + "\n"
+                                      + "Wall time on this machine:\n\n" + wall_markdown(report["wall_s"]))
     (rep_dir / "results.json").write_text(json.dumps(report, indent=1, default=str))
     report["plots"] = [str(p) for p in write_plots(rep_dir, curves)]
     return report

@@ -55,7 +55,7 @@ _REGIME = replace(RegimeSettings(), levels=(2, 3, 4, 5, 6), slip_rate=0.4, clean
                   checkpoints=3, gen_tokens=128)
 
 PRESETS: dict[str, BenchSettings] = {
-    "full": BenchSettings(regime=_REGIME, rl=_RL_12_STEPS),
+    "full": BenchSettings(regime=replace(_REGIME, source_cap=512), rl=replace(_RL_12_STEPS, max_steps_factor=10.0)),
     "small": BenchSettings(
         regime=replace(_REGIME, train_hard=128, heldout_hard=64, heldout_medium=64, source_cap=512,
                        prefix_probe_problems=32),
@@ -77,11 +77,12 @@ PRESETS: dict[str, BenchSettings] = {
 }  # fmt: skip
 """Preset name -> settings. small and full share one base (`_REGIME`: chains of 2-6 labelled terms, a teacher that
 slips on 40 % of its lines after 800 clean steps, 1,400 SFT steps), so `--base-from` a small run skips it in full.
-full: the issue's sizes (256 hard problems, cap 1,024, 3 seeds) with 12 PrefixRL steps at RL lr 1e-4; not measured
-yet (docs/reproduction.md gives the small run's stage timings to scale from: more than 3 h, as the methods without
-traces spend the larger sourcing budget); small: 128 hard problems, cap 512, one seed by default
-(docs/reproduction.md reports `--seeds 3`: 32-38 min per seed); smoke: the same pipeline in minutes (the e2e
-test), numbers meaningless."""
+full: the issue's sizes (256 hard problems, 128 + 128 held out, 3 seeds) with a sourcing cap of 512 (the issue
+allows up to 1,024; 512 already sources ~90 % on this base and keeps the run near 3 h, since the methods without
+traces spend the sourcing budget) and 12 PrefixRL steps at RL lr 1e-4; plain RL may take up to 10x PrefixRL's steps
+to spend that budget (docs/reproduction.md has the measured stage times); small: 128 hard problems, cap 512, one
+seed by default (docs/reproduction.md reports `--seeds 3`: 32-38 min per seed); smoke: the same pipeline in
+minutes (the e2e test), numbers meaningless."""
 
 
 def get_preset(name: str, *, seeds: int | None = None) -> BenchSettings:

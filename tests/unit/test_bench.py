@@ -257,6 +257,25 @@ def test_report_gives_the_gain_with_and_without_sourcing_charged():
     assert "sourcing not charged (rl at prefixrl's RL FLOPs): 3.00" in text and "| rl | 0.200 ± 0.000 |" in text
 
 
+def test_wall_times_add_the_regime_stages_and_every_seed():
+    """The table a user reads the preset's cost from: minutes per seed and in all; stages with no record are left
+    out rather than counted as zero."""
+    from prefixrl.bench.report import wall_markdown, wall_times
+
+    curves = {"prefixrl": [dict(_curve("prefixrl", [0.0, 0.1]), wall_s=60.0), dict(_curve("prefixrl", [0.0, 0.1]),
+                                                                                   wall_s=180.0)],
+              "rl": [_curve("rl", [0.0, 0.1])]}  # a run written before wall_s was recorded
+    regime = {"base": {"wall_s": 1200.0}, "probe": {"curve": {}},
+              "wall_s": {"sourcing": 600.0, "prefix_probe": 30.0}}
+    wall = wall_times(curves, regime)
+    assert wall["regime"] == {"base": 1200.0, "sourcing": 600.0, "prefix_probe": 30.0}
+    assert wall["methods"] == {"prefixrl": [60.0, 180.0], "rl": []}
+    assert wall["total"] == pytest.approx(1200 + 600 + 30 + 240)
+    text = wall_markdown(wall)
+    assert "| regime: base | - | 20.0 |" in text and "| prefixrl (2 seeds) | 2.0 ± 1.4 | 4.0 |" in text
+    assert "| rl" not in text and "| **total** | | **34.5** |" in text
+
+
 def test_adopt_base_copies_a_matching_base_and_refuses_another(tmp_path):
     """--base-from: a base trained with the same settings is copied (its probe too when the probe settings match);
     one trained with other settings is refused naming the field; a directory with its own base keeps it."""
