@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_ext import convert, models, runtime
-from tests.helpers.hf_models import hf_logits, save_hf_model, tiny_spec
+from tests.helpers.hf_models import hf_logits, hf_oracle_grads, rl_batch, save_hf_model, tiny_spec
 
 
 def _shared_hf_model(family: str, root: Path, **overrides) -> Path:
@@ -95,33 +95,6 @@ def load_megatron_checkpoint_at(*, tmp: str, src_tp: int, tp: int) -> None:
         runtime.shutdown()
 
 
-def _rl_batch(seed: int, *, vocab: int = 1000, num_seqs: int = 4):
-    """A deterministic RL batch: random prompt+prefix and completion lengths, mixed-sign advantages."""
-    from prefixrl.batching import RLBatch
-
-    g = torch.Generator().manual_seed(seed)
-    lens = torch.randint(2, 9, (num_seqs, 2), generator=g).tolist()
-    prompts = [torch.randint(4, vocab, (p,), generator=g).tolist() for p, _ in lens]
-    comps = [torch.randint(4, vocab, (c,), generator=g).tolist() for _, c in lens]
-    adv = (torch.randn(num_seqs, generator=g)).tolist()
-    return RLBatch.from_lists(prompts, comps, adv)
-
-
-def _hf_oracle_grads(path: Path, batch, *, temperature: float) -> tuple[dict, torch.Tensor]:
-    """Gradients of the prefix-masked REINFORCE loss computed with HF transformers (independent oracle)."""
-    import transformers
-
-    from prefixrl import losses
-    from prefixrl.batching import token_logprobs
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    logits = model(batch.tokens_BT).logits / temperature
-    lp_BT = token_logprobs(logits, batch.tokens_BT)
-    loss, _ = losses.policy_gradient(lp_BT, batch.advantages_B, batch.loss_mask_BT, num_tokens=batch.num_tokens)
-    loss.backward()
-    return {n: p.grad for n, p in model.named_parameters()}, loss.detach()
-
-
 def grad_parity(*, tp: int, pp: int, family: str, tmp: str, distributed_optimizer: bool) -> None:
     """Prefix-masked loss gradients and log-probs at this layout equal HF's full-vocab oracle (1e-5)."""
     from megatron_ext.policy import MegatronPolicy, OptimizerSettings, PolicyConfig
@@ -135,7 +108,7 @@ def grad_parity(*, tp: int, pp: int, family: str, tmp: str, distributed_optimize
         policy = MegatronPolicy(PolicyConfig(
             model=str(path), optim=OptimizerSettings(lr=1e-4, warmup_steps=0, clip_grad=0.0), micro_batch_size=1,
             max_seq_len=64, temperature=temperature, use_distributed_optimizer=distributed_optimizer))
-        batch = _rl_batch(0)
+        batch = rl_batch(0)
         import transformers
 
         hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -145,7 +118,7 @@ def grad_parity(*, tp: int, pp: int, family: str, tmp: str, distributed_optimize
         err = (lp - ref_lp).abs().max().item()
         assert err < 1e-5, f"log-probs differ from the full-vocab reference by {err}"
         print(f"LOGPROBS tp={tp} pp={pp} max_abs_err={err:.2e}")
-        ref_grads, ref_loss = _hf_oracle_grads(path, batch, temperature=temperature)
+        ref_grads, ref_loss = hf_oracle_grads(path, batch, temperature=temperature)
         metrics = policy.train_step(batch)
         assert abs(metrics["loss/total"] - ref_loss.item()) < 1e-5, (metrics["loss/total"], ref_loss.item())
         ref_norm = torch.sqrt(sum((g.double() ** 2).sum() for n, g in ref_grads.items())).item()
@@ -175,7 +148,7 @@ def train_steps(*, tmp: str, tp: int, steps: int, resume: bool, save_at: int, ta
         cursor = policy.load(root / "ckpt")["cursor"] if resume else 0
         history = []
         while cursor < steps:
-            m = policy.train_step(_rl_batch(100 + cursor))
+            m = policy.train_step(rl_batch(100 + cursor))
             cursor += 1
             history.append({k: v for k, v in m.items()})
             if cursor == save_at:
@@ -214,7 +187,7 @@ def policy_step_and_export(*, tmp: str, tp: int, pp: int, family: str) -> None:
         path = _shared_hf_model(family, root, vocab_size=1000)
         policy = MegatronPolicy(PolicyConfig(model=str(path), optim=OptimizerSettings(lr=1e-2, warmup_steps=0),
                                              max_seq_len=64))
-        policy.train_step(_rl_batch(0))
+        policy.train_step(rl_batch(0))
         convert.save_hf_checkpoint(policy.export_hf(), policy.spec, root / "after", write=dist.get_rank() == 0)
         policy.save(root / "ckpt")
     finally:
@@ -261,7 +234,7 @@ def colocated_engine_sync(*, tmp: str, engine_tp: int) -> None:
                                              max_seq_len=64))
         engine = VLLMEngine(path, tensor_parallel=engine_tp, max_model_len=64, seed=0,
                             distributed_executor_backend="external_launcher")
-        policy.train_step(_rl_batch(0))
+        policy.train_step(rl_batch(0))
         engine.update_weights(policy.export_hf())
         prompt = [2, 17, 99, 250]
         outs = engine.generate([prompt], n=4, max_tokens=8, seed=0)[0]

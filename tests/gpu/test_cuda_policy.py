@@ -17,8 +17,7 @@ from megatron_ext import convert, hooks, models
 from megatron_ext.models import PrecisionConfig
 from megatron_ext.policy import MegatronPolicy, OptimizerSettings, PolicyConfig
 from prefixrl.batching import token_logprobs
-from tests.dist.workers import _hf_oracle_grads, _rl_batch
-from tests.helpers.hf_models import save_hf_model, tiny_spec
+from tests.helpers.hf_models import hf_oracle_grads, rl_batch, save_hf_model, tiny_spec
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -56,7 +55,7 @@ def _context_unmasked(batch):
 def test_fp32_step_matches_hf_oracle_and_masked_tokens_get_no_gradient(hf_dir, megatron_cuda, device):
     import transformers
 
-    batch = _rl_batch(0)
+    batch = rl_batch(0)
     policy = _policy(hf_dir)
     assert all(p.device == device for p in models.unwrap(policy.model[0]).parameters())
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
@@ -65,8 +64,8 @@ def test_fp32_step_matches_hf_oracle_and_masked_tokens_get_no_gradient(hf_dir, m
     lp_err = (policy.logprobs(batch) - ref_lp).abs().max().item()
     assert lp_err < 1e-4, f"log-probs differ from the HF full-vocab reference by {lp_err:.3e}"
 
-    ref_grads, ref_loss = _hf_oracle_grads(hf_dir, batch, temperature=TEMPERATURE)
-    unmasked_grads, _ = _hf_oracle_grads(hf_dir, _context_unmasked(batch), temperature=TEMPERATURE)
+    ref_grads, ref_loss = hf_oracle_grads(hf_dir, batch, temperature=TEMPERATURE)
+    unmasked_grads, _ = hf_oracle_grads(hf_dir, _context_unmasked(batch), temperature=TEMPERATURE)
     m = policy.train_step(batch)
     assert m["train/skipped_nonfinite"] == 0
     assert abs(m["loss/total"] - ref_loss.item()) < 1e-4 * max(1.0, abs(ref_loss.item())), (m, ref_loss)
@@ -99,7 +98,7 @@ LOSSES = {
 def test_losses_on_gpu_equal_the_loss_evaluated_on_cpu(loss, hf_dir, megatron_cuda):
     loss_fn = LOSSES[loss]()
     policy = _policy(hf_dir)
-    batch = _rl_batch(1)
+    batch = rl_batch(1)
     lp_BT = policy.logprobs(batch)
     noise_BT = 0.05 * torch.randn(lp_BT.shape, generator=torch.Generator().manual_seed(0))
     batch = dataclasses.replace(batch, old_logprobs_BT=(lp_BT + noise_BT) * batch.loss_mask_BT)
@@ -111,8 +110,8 @@ def test_losses_on_gpu_equal_the_loss_evaluated_on_cpu(loss, hf_dir, megatron_cu
 
 
 def test_bf16_step_is_finite_close_to_the_oracle_and_moves_every_parameter(hf_dir, megatron_cuda, device):
-    batch = _rl_batch(0)
-    ref_grads, ref_loss = _hf_oracle_grads(hf_dir, batch, temperature=TEMPERATURE)
+    batch = rl_batch(0)
+    ref_grads, ref_loss = hf_oracle_grads(hf_dir, batch, temperature=TEMPERATURE)
     ref_norm = torch.sqrt(sum((g.double() ** 2).sum() for g in ref_grads.values())).item()
     policy = _policy(hf_dir, dtype="bfloat16", lr=1e-2)
     assert all(p.device == device and p.dtype == torch.bfloat16
@@ -128,13 +127,13 @@ def test_bf16_step_is_finite_close_to_the_oracle_and_moves_every_parameter(hf_di
 
 
 def test_bf16_zero_advantages_give_exactly_zero_gradient(hf_dir, megatron_cuda):
-    batch = dataclasses.replace(_rl_batch(2), advantages_B=torch.zeros(4))
+    batch = dataclasses.replace(rl_batch(2), advantages_B=torch.zeros(4))
     m = _policy(hf_dir, dtype="bfloat16").train_step(batch)
     assert m["policy/grad_norm"] == 0.0 and m["loss/total"] == 0.0, m
 
 
 def test_bf16_sft_steps_lower_the_loss(hf_dir, megatron_cuda):
     policy = _policy(hf_dir, dtype="bfloat16", lr=1e-3)
-    batch = _rl_batch(3)
+    batch = rl_batch(3)
     losses = [policy.train_step(batch, loss=hooks.sft_loss)["loss/total"] for _ in range(5)]
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] - 0.5, losses

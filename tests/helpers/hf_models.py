@@ -54,3 +54,30 @@ def unmarked_tp_weights(model: torch.nn.Module) -> list[str]:
     rank only (a TP=2 tied-embedding grad norm came out 15.7 instead of 20.8 when from_hf skipped initialisation)."""
     return [n for n, p in model.named_parameters()
             if n.endswith(TP_SPLIT_WEIGHTS) and not getattr(p, "tensor_model_parallel", False)]
+
+
+def rl_batch(seed: int, *, vocab: int = 1000, num_seqs: int = 4):
+    """A deterministic RL batch: random prompt+prefix and completion lengths, mixed-sign advantages."""
+    from prefixrl.batching import RLBatch
+
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(2, 9, (num_seqs, 2), generator=g).tolist()
+    prompts = [torch.randint(4, vocab, (p,), generator=g).tolist() for p, _ in lens]
+    comps = [torch.randint(4, vocab, (c,), generator=g).tolist() for _, c in lens]
+    adv = (torch.randn(num_seqs, generator=g)).tolist()
+    return RLBatch.from_lists(prompts, comps, adv)
+
+
+def hf_oracle_grads(path: Path, batch, *, temperature: float) -> tuple[dict, torch.Tensor]:
+    """Gradients of the prefix-masked REINFORCE loss computed with HF transformers (independent oracle)."""
+    import transformers
+
+    from prefixrl import losses
+    from prefixrl.batching import token_logprobs
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    logits = model(batch.tokens_BT).logits / temperature
+    lp_BT = token_logprobs(logits, batch.tokens_BT)
+    loss, _ = losses.policy_gradient(lp_BT, batch.advantages_B, batch.loss_mask_BT, num_tokens=batch.num_tokens)
+    loss.backward()
+    return {n: p.grad for n, p in model.named_parameters()}, loss.detach()
