@@ -185,7 +185,8 @@ def wall_markdown(wall: dict[str, Any]) -> str:
     for m, secs in wall["methods"].items():
         if secs:
             per = _mean_std([x / 60 for x in secs])
-            lines.append(f"| {m} ({len(secs)} seeds) | {_fmt(per, digits=1)} | {sum(secs) / 60:.1f} |")
+            seeds = f"{len(secs)} seed{'s' if len(secs) > 1 else ''}"
+            lines.append(f"| {m} ({seeds}) | {_fmt(per, digits=1)} | {sum(secs) / 60:.1f} |")
     lines.append(f"| **total** | | **{wall['total'] / 60:.1f}** |")
     return "\n".join(lines) + "\n"
 
