@@ -322,6 +322,29 @@ def chain_is_sound(problem: Problem, text: str) -> bool:
     return not left and total is not None and answer_of(lines[-1]) == total
 
 
+def line_kinds(problem: Problem, text: str) -> str:
+    """One letter per worked line of `text`, a diagnostic of how a chain goes wrong (not the reward): `.` right (its
+    total follows from its own left side and is the true running sum of the prompt's terms so far), `f` follows a
+    wrong total (its addition is right, its left side was already wrong), `S` resync (its addition is wrong but its
+    total is the true running sum: computed from the prompt, not from the chain), `x` slip (neither). The running
+    sum takes each line's term by its label when the problem has labels (else as written). Lines that are not
+    `a [label] +/- d = b` are skipped. `line_kinds(p, "043 a + 5 = 048\\n048 b - 3 = 051\\nANSWER: 051")` -> ".x"
+    when the terms are 43, +5, -3."""
+    terms = _signed_terms(problem)
+    by_label = dict(zip(term_labels(problem), terms[1:]))
+    true, kinds = terms[0], []
+    for line in text.strip().splitlines():
+        m = _LINE_RE.match(line.strip())
+        if m is None:
+            continue
+        a, label, sign, d, b = int(m.group(1)), m.group(2), m.group(3), int(m.group(4)), int(m.group(5))
+        step = d if sign == "+" else -d
+        true += by_label.get(label, step) if label is not None else step
+        follows = b == a + step
+        kinds.append("." if follows and b == true else "f" if follows else "S" if b == true else "x")
+    return "".join(kinds)
+
+
 @dataclass(slots=True)
 class ArithVerifier:
     """`prefixrl.protocols.Verifier` for this task: the first `ANSWER: n` equals the reference; the chain is not

@@ -12,6 +12,7 @@ from prefixrl.tasks.arith import (
     ArithVerifier,
     chain_is_sound,
     chain_text,
+    line_kinds,
     make_problem,
     make_splits,
     prompt_text,
@@ -183,6 +184,17 @@ def test_chain_is_sound_tells_real_solutions_from_lucky_guesses(splits):
     assert not chain_is_sound(p, "I know it.\nANSWER: 25")
     for q in splits["train_hard"][:5]:
         assert all(chain_is_sound(q, t) for t in solutions(q, num=3, cfg=SMALL))
+
+
+def test_line_kinds_tell_slips_from_resyncs_to_the_true_sum():
+    p = Problem(problem_id="p", prompt="Compute 043 a + 5 b - 3.", answer="45", metadata={"terms": [43, 5, -3]})
+    assert line_kinds(p, "043 a + 5 = 048\n048 b - 3 = 045\nANSWER: 045") == ".."
+    assert line_kinds(p, "043 a + 5 = 050\n050 b - 3 = 047\nANSWER: 047") == "xf"  # slip, then follows it
+    assert line_kinds(p, "043 a + 5 = 050\n050 b - 3 = 045\nANSWER: 045") == "xS"  # right answer, unsound chain
+    assert line_kinds(p, "043 a + 5 = 048\n048 b + 3 = 051\nANSWER: 051") == ".f"  # the term by its label: -3
+    assert line_kinds(p, "I know it.\nANSWER: 45") == ""
+    lucky = "043 a + 5 = 050\n050 b - 3 = 045\nANSWER: 045"
+    assert ArithVerifier()(p, lucky) and not chain_is_sound(p, lucky)
 
 
 def test_verifier_checks_only_the_final_answer():
