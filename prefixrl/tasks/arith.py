@@ -283,6 +283,15 @@ def answer_of(text: str) -> int | None:
 _LINE_RE = re.compile(r"^(-?\d+) (?:([a-z]) )?([+-]) (\d+) = (-?\d+)$")
 
 
+def _parse_line(line: str) -> tuple[int, str | None, int, int] | None:
+    """`043 a + 5 = 048` -> (43, "a", 5, 48) (label None when unlabelled; the step signed); None if not such a line."""
+    m = _LINE_RE.match(line.strip())
+    if m is None:
+        return None
+    d = int(m.group(4))
+    return int(m.group(1)), m.group(2), d if m.group(3) == "+" else -d, int(m.group(5))
+
+
 _PROMPT_LABEL_RE = re.compile(r" ([a-z]) [+-] \d")
 
 
@@ -302,11 +311,10 @@ def chain_is_sound(problem: Problem, text: str) -> bool:
     unused = dict(zip(names, terms[1:]))
     total: int | None = None
     for line in lines[:-1]:
-        m = _LINE_RE.match(line.strip())
-        if m is None or (m.group(2) is not None) != labelled:
+        parsed = _parse_line(line)
+        if parsed is None or (parsed[1] is not None) != labelled:
             return False
-        a, label, sign, d, b = int(m.group(1)), m.group(2), m.group(3), int(m.group(4)), int(m.group(5))
-        step = d if sign == "+" else -d
+        a, label, step, b = parsed
         if label is not None and unused.pop(label, None) != step:
             return False
         if total is None:
@@ -333,13 +341,11 @@ def line_kinds(problem: Problem, text: str) -> str:
     terms = _signed_terms(problem)
     by_label = dict(zip(term_labels(problem), terms[1:]))
     true, kinds = terms[0], []
-    for line in text.strip().splitlines():
-        m = _LINE_RE.match(line.strip())
-        if m is None:
+    for parsed in map(_parse_line, text.strip().splitlines()):
+        if parsed is None:
             continue
-        a, label, sign, d, b = int(m.group(1)), m.group(2), m.group(3), int(m.group(4)), int(m.group(5))
-        step = d if sign == "+" else -d
-        true += by_label.get(label, step) if label is not None else step
+        a, label, step, b = parsed
+        true += by_label.get(label, step)
         follows = b == a + step
         kinds.append("." if follows and b == true else "f" if follows else "S" if b == true else "x")
     return "".join(kinds)
