@@ -326,6 +326,11 @@ def _bench_reproduce(args: argparse.Namespace) -> None:
               f"train_hard {reg['base_pass_at_k_train_hard']:.3f}; sourced {reg['sourced_fraction']:.2f} of "
               f"{reg['train_hard']} problems (cap {reg['source_cap']}); success from a 40-80% prefix "
               f"{reg['prefix_success']:.3f}; sound traces {reg.get('sound_trace_fraction', float('nan')):.2f}")
+        if "prefix_success_by_trace" in reg:
+            by = reg["prefix_success_by_trace"]
+            print(f"prefix success from sound traces {by['sound']:.3f} ({by['sound_traces']} prefixes), from "
+                  f"unsound ones {by['unsound']:.3f} ({by['unsound_traces']}); sourced trace kinds "
+                  f"{reg['sourced_trace_kinds']}")
     if not args.regime_only:
         print(f"plots: {', '.join(report['plots'])}")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, replace
@@ -336,7 +337,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     from prefixrl.evaluation import EvalConfig, evaluate
     from prefixrl.pipeline import load_tokenizer, prompt_formatter, tokenizer_name
     from prefixrl.sourcer import SourcerConfig, load_traces, read_progress, run_sourcer
-    from prefixrl.tasks.arith import ArithVerifier, chain_is_sound
+    from prefixrl.tasks.arith import TRACE_KINDS, ArithVerifier, trace_kind
 
     out.mkdir(parents=True, exist_ok=True)
     base_info = train_base(out, s)
@@ -366,7 +367,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     progress, _ = read_progress(out / "traces")
     solved = [p for p in splits["train_hard"] if p.problem_id in progress and progress[p.problem_id].solved]
     by_id = {p.problem_id: p for p in splits["train_hard"]}
-    sound = [chain_is_sound(by_id[t.problem_id], t.text) for t in load_traces(out / "traces")]
+    kinds = [trace_kind(by_id[t.problem_id], t.text) for t in load_traces(out / "traces")]
     t1 = time.perf_counter()
     success = prefix_success(out, s, solved, engine=engine, tokenizer=tokenizer)
     wall["prefix_probe"] = time.perf_counter() - t1
@@ -379,24 +380,29 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         "sourced_fraction": len(solved) / len(splits["train_hard"]), "source_cap": s.source_cap,
         "sourcing_attempts_mean": sum(progress[p.problem_id].num_attempts for p in splits["train_hard"]
                                       if p.problem_id in progress) / len(splits["train_hard"]),
-        "sound_trace_fraction": sum(sound) / max(1, len(sound)),
-        "prefix_success": success, "wall_s": wall,
+        "sound_trace_fraction": kinds.count("sound") / max(1, len(kinds)),
+        "sourced_trace_kinds": {k: kinds.count(k) for k in TRACE_KINDS},
+        "prefix_success": success["all"], "prefix_success_by_trace": success, "wall_s": wall,
         "base": {k: v for k, v in base_info.items() if k != "loss_curve"}, "probe": probe,
     }  # fmt: skip
     fig_path.write_text(json.dumps(figures, indent=1))
     return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
 
 
-def prefix_success(out: Path, s: RegimeSettings, solved: list[Problem], *, engine: Any, tokenizer: Any) -> float:
-    """Mean success of the base conditioned on one 40-80% prefix of a sourced trace (probe_k samples each)."""
+def prefix_success(out: Path, s: RegimeSettings, solved: list[Problem], *, engine: Any,
+                   tokenizer: Any) -> dict[str, float]:
+    """Success of the base conditioned on one 40-80% prefix of a sourced trace (probe_k samples each, the first
+    `prefix_probe_problems` solved problems): {"all": the regime figure, "sound" / "unsound": the same over the
+    prefixes of sound / unsound traces (`chain_is_sound`; nan when there are none), "sound_traces" /
+    "unsound_traces": how many prefixes each rests on}."""
     from prefixrl import prefixes
     from prefixrl.pipeline import prompt_formatter, tokenizer_name
     from prefixrl.sourcer import load_traces
-    from prefixrl.tasks.arith import ArithVerifier
+    from prefixrl.tasks.arith import ArithVerifier, chain_is_sound
 
     chosen = solved[: s.prefix_probe_problems]
     if not chosen:
-        return 0.0
+        return {"all": 0.0, "sound": math.nan, "unsound": math.nan, "sound_traces": 0, "unsound_traces": 0}
     traces = load_traces(out / "traces", problems=chosen)
     pool, _ = prefixes.build_pool(
         chosen, traces, strategy=prefixes.FixedRandomCuts(cfg=prefixes.CutConfig(num_cuts=1, low=0.4, high=0.8,
@@ -407,5 +413,12 @@ def prefix_success(out: Path, s: RegimeSettings, solved: list[Problem], *, engin
     outs = engine.generate([p.input_ids for p in pool], n=s.probe_k, max_tokens=s.gen_tokens, temperature=1.0,
                            seed=s.seed + 4)  # fmt: skip
     verifier = ArithVerifier()
-    ok = [verifier(p.problem, p.prefix_text + tokenizer.decode(c.token_ids)) for p, cs in zip(pool, outs) for c in cs]
-    return sum(ok) / len(ok)
+    by_id = {p.problem_id: p for p in chosen}
+    sound = {t.problem_id: chain_is_sound(by_id[t.problem_id], t.text) for t in traces if t.problem_id in by_id}
+    rates: dict[str, list[bool]] = {"all": [], "sound": [], "unsound": []}
+    for p, cs in zip(pool, outs):
+        ok = [verifier(p.problem, p.prefix_text + tokenizer.decode(c.token_ids)) for c in cs]
+        rates["all"] += ok
+        rates["sound" if sound[p.problem.problem_id] else "unsound"] += ok
+    result: dict[str, float] = {k: sum(v) / len(v) if v else math.nan for k, v in rates.items()}
+    return result | {f"{k}_traces": len(rates[k]) // s.probe_k for k in ("sound", "unsound")}

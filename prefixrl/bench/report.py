@@ -153,6 +153,15 @@ def regime_markdown(regime: dict[str, Any]) -> str:
     if "sound_trace_fraction" in regime:
         lines.append(f"| sound_trace_fraction (sourced traces whose every step is right) | - | "
                      f"{regime['sound_trace_fraction']:.3f} | - |")
+    by_trace = regime.get("prefix_success_by_trace")
+    if by_trace:
+        for kind in ("sound", "unsound"):
+            lines.append(f"| prefix_success from {kind} traces ({by_trace[f'{kind}_traces']} prefixes) | - | "
+                         f"{by_trace[kind]:.3f} | - |")
+    kinds = regime.get("sourced_trace_kinds")
+    if kinds:
+        lines.append(f"| sourced traces: {', '.join(kinds)} (`trace_kind`) | - | "
+                     f"{' / '.join(str(n) for n in kinds.values())} | - |")
     lines.append(f"\nbase: {regime.get('base_checkpoint', 'base')}, hard level: {regime['hard_level_terms']} terms, "
                  f"medium level: {regime['medium_level_terms']} terms, source cap {regime['source_cap']}, "
                  f"k = {regime['k']}\n")

@@ -351,6 +351,21 @@ def line_kinds(problem: Problem, text: str) -> str:
     return "".join(kinds)
 
 
+TRACE_KINDS = ("sound", "wrong_line", "other")
+"""`trace_kind`'s answers, in the order reports list them."""
+
+
+def trace_kind(problem: Problem, text: str) -> str:
+    """How a trace reaches its answer (a diagnostic for sourced, i.e. right, traces; not the reward): "sound"
+    (`chain_is_sound`), "wrong_line" (some worked line is wrong, a slip or a line that follows one: the chain got
+    back to the right answer by a resync or by chance, see `line_kinds`), or "other" (every worked line is right but
+    the chain is still unsound: a term skipped or used twice, an answer line that does not repeat the last total,
+    no worked lines)."""
+    if chain_is_sound(problem, text):
+        return "sound"
+    return "wrong_line" if set(line_kinds(problem, text)) - {"."} else "other"
+
+
 @dataclass(slots=True)
 class ArithVerifier:
     """`prefixrl.protocols.Verifier` for this task: the first `ANSWER: n` equals the reference; the chain is not

@@ -114,6 +114,13 @@ def test_regime_markdown_marks_unmet_targets():
     assert "| sourced_fraction | >= 0.70 | 0.600 | NO |" in text and "| prefix_success | >= 0.10 | 0.250 | yes |" in text
     assert "| base | 0.600 | 0.040 |" in text and "base: base, hard level: 11 terms" in text
     assert regime_markdown({}) == ""
+    regime |= {"prefix_success_by_trace": {"all": 0.25, "sound": 0.4, "unsound": math.nan, "sound_traces": 3,
+                                           "unsound_traces": 0},
+               "sourced_trace_kinds": {"sound": 3, "wrong_line": 0, "other": 1}}
+    text = regime_markdown(regime)
+    assert "| prefix_success from sound traces (3 prefixes) | - | 0.400 | - |" in text
+    assert "| prefix_success from unsound traces (0 prefixes) | - | nan | - |" in text
+    assert "| sourced traces: sound, wrong_line, other (`trace_kind`) | - | 3 / 0 / 1 | - |" in text
 
 
 def test_splits_are_disjoint_from_the_base_corpus_and_have_the_levels():
