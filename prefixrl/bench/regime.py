@@ -367,9 +367,11 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     progress, _ = read_progress(out / "traces")
     solved = [p for p in splits["train_hard"] if p.problem_id in progress and progress[p.problem_id].solved]
     by_id = {p.problem_id: p for p in splits["train_hard"]}
-    kinds = [trace_kind(by_id[t.problem_id], t.text) for t in load_traces(out / "traces")]
+    sourced = load_traces(out / "traces")  # one per solved problem (the sourcer's default)
+    kinds = [trace_kind(by_id[t.problem_id], t.text) for t in sourced]
     t1 = time.perf_counter()
-    success = prefix_success(out, s, solved, engine=engine, tokenizer=tokenizer)
+    success = prefix_success(out, s, solved, engine=engine, tokenizer=tokenizer,
+                             sound={t.problem_id: k == "sound" for t, k in zip(sourced, kinds)})
     wall["prefix_probe"] = time.perf_counter() - t1
     figures = {
         "base_checkpoint": s.base_checkpoint, "hard_level_terms": hard_level, "medium_level_terms": medium_level,
@@ -389,16 +391,16 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
 
 
-def prefix_success(out: Path, s: RegimeSettings, solved: list[Problem], *, engine: Any,
-                   tokenizer: Any) -> dict[str, float]:
+def prefix_success(out: Path, s: RegimeSettings, solved: list[Problem], *, engine: Any, tokenizer: Any,
+                   sound: dict[str, bool]) -> dict[str, float]:
     """Success of the base conditioned on one 40-80% prefix of a sourced trace (probe_k samples each, the first
     `prefix_probe_problems` solved problems): {"all": the regime figure, "sound" / "unsound": the same over the
-    prefixes of sound / unsound traces (`chain_is_sound`; nan when there are none), "sound_traces" /
-    "unsound_traces": how many prefixes each rests on}."""
+    prefixes of sound / unsound traces (`sound`: problem id -> whether its trace is sound; nan when there are
+    none), "sound_traces" / "unsound_traces": how many prefixes each rests on}."""
     from prefixrl import prefixes
     from prefixrl.pipeline import prompt_formatter, tokenizer_name
     from prefixrl.sourcer import load_traces
-    from prefixrl.tasks.arith import ArithVerifier, chain_is_sound
+    from prefixrl.tasks.arith import ArithVerifier
 
     chosen = solved[: s.prefix_probe_problems]
     if not chosen:
@@ -413,8 +415,6 @@ def prefix_success(out: Path, s: RegimeSettings, solved: list[Problem], *, engin
     outs = engine.generate([p.input_ids for p in pool], n=s.probe_k, max_tokens=s.gen_tokens, temperature=1.0,
                            seed=s.seed + 4)  # fmt: skip
     verifier = ArithVerifier()
-    by_id = {p.problem_id: p for p in chosen}
-    sound = {t.problem_id: chain_is_sound(by_id[t.problem_id], t.text) for t in traces if t.problem_id in by_id}
     rates: dict[str, list[bool]] = {"all": [], "sound": [], "unsound": []}
     for p, cs in zip(pool, outs):
         ok = [verifier(p.problem, p.prefix_text + tokenizer.decode(c.token_ids)) for c in cs]
