@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from megatron_ext import models, runtime  # noqa: E402
 from megatron_ext.spec import ModelSpec, tiny_preset  # noqa: E402
+from recipes.memory import trainer_states_gib  # noqa: E402
 
 LLAMA31_8B_CONFIG = REPO.parent / "shared" / "data" / "model_configs" / "Meta-Llama-3.1-8B" / "config.json"
 LLAMA31_8B = ModelSpec(
@@ -163,8 +164,12 @@ def policy_steps(s: Shape, chunks: list[torch.nn.Module]) -> dict[str, float | N
     _sync()
     seconds = (time.perf_counter() - t0) / s.policy_steps
     tokens = s.policy_seqs * s.seq_len
+    # What stays allocated between steps is the trainer's states; recipes.memory plans them per parameter.
+    resident = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    planned = sum(trainer_states_gib(s.spec.num_params(), dtype="bfloat16", fp8=False, model_parallel=1,
+                                     optimizer_shard=1))
     return {"seconds_per_step": seconds, "loss": metrics["loss/total"], "grad_norm": metrics["policy/grad_norm"],
-            **_rates(s, tokens=tokens, seconds=seconds)}
+            "resident_gib": resident, "planned_states_gib": planned, **_rates(s, tokens=tokens, seconds=seconds)}
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -213,6 +218,9 @@ def main() -> None:
         results["policy_train_step"] = ps = policy_steps(s, chunks)
         _report(f"policy train step ({s.policy_seqs} x {s.seq_len} tokens, {s.policy_steps} steps after 1 warm-up)",
                 ps)
+        print(f"resident between policy steps {_fmt(ps['resident_gib'], '.2f')} GiB; recipes.memory's trainer "
+              f"states (bf16 weights, fp32 grads, Adam + fp32 main params, TP=PP=DP=1) {ps['planned_states_gib']:.2f} "
+              "GiB", flush=True)
     finally:
         runtime.shutdown()
         if args.json:

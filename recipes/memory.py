@@ -77,16 +77,26 @@ class MemoryEstimate:
             )
 
 
+def trainer_states_gib(params: int, *, dtype: str, fp8: bool, model_parallel: int,
+                       optimizer_shard: int) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer) GiB per GPU for `params` parameters: weights in `dtype` (plus a 1-byte FP8
+    copy) and fp32 gradients split over `model_parallel` (TP x PP) ranks; Adam m and v, plus fp32 main params for
+    bf16 models, split over `optimizer_shard` ranks (TP x PP, times DP under the distributed optimizer)."""
+    param_bytes = (2 if dtype == "bfloat16" else 4) + (1 if fp8 else 0)
+    opt_bytes = 8 + (4 if dtype == "bfloat16" else 0)
+    return (params * param_bytes / model_parallel / GIB, params * 4 / model_parallel / GIB,
+            params * opt_bytes / optimizer_shard / GIB)
+
+
 def estimate(spec: ModelSpec, cfg: TrainConfig) -> MemoryEstimate:
     """Per-GPU memory of `cfg` on model `spec` (world size from `cfg.cluster`)."""
     par = cfg.parallel
     tp, pp, etp = par.tensor_parallel, par.pipeline_parallel, par.engine_tensor_parallel
     dp = par.data_parallel(cfg.cluster.world_size)
     params = spec.num_params()
-    param_bytes = 2 if cfg.model.dtype == "bfloat16" else 4
-    fp8_bytes = 1 if cfg.model.fp8 is not None else 0
-    opt_bytes = 8 + (4 if cfg.model.dtype == "bfloat16" else 0)
-    shard = tp * pp * (dp if par.distributed_optimizer else 1)
+    weights, grads, optimizer = trainer_states_gib(
+        params, dtype=cfg.model.dtype, fp8=cfg.model.fp8 is not None, model_parallel=tp * pp,
+        optimizer_shard=tp * pp * (dp if par.distributed_optimizer else 1))
 
     s, h = cfg.optim.max_seq_len * cfg.optim.micro_batch_size, spec.hidden_size
     layers_per_stage = spec.num_layers // pp
@@ -97,9 +107,9 @@ def estimate(spec: ModelSpec, cfg: TrainConfig) -> MemoryEstimate:
     kv_heads_per_rank = max(1, spec.num_kv_heads // etp)
     kv_per_token = 2 * spec.num_layers * kv_heads_per_rank * spec.head_dim * 2
     return MemoryEstimate(
-        weights_gib=params * (param_bytes + fp8_bytes) / (tp * pp) / GIB,
-        grads_gib=params * 4 / (tp * pp) / GIB,
-        optimizer_gib=params * opt_bytes / shard / GIB,
+        weights_gib=weights,
+        grads_gib=grads,
+        optimizer_gib=optimizer,
         activations_gib=(checkpoints + working_layer + logits) / GIB,
         engine_weights_gib=params * 2 / etp / GIB,
         kv_per_sequence_gib=kv_per_token * cfg.rollout.max_model_len / GIB,
