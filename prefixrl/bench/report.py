@@ -89,19 +89,41 @@ def summarize(curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         report["gain_vs_rl"] = _ratio(pre, base)
         if "rl" in at_rl:
             report["gain_at_rl_flops"] = _ratio(pre, at_rl["rl"]["train_hard"][0])
+        report["prefixrl_vs_rl_by_step"] = along_the_way(curves["prefixrl"], curves["rl"])
     return report
+
+
+def along_the_way(prefixrl: list[dict[str, Any]], rl: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At each of PrefixRL's evaluations: its train_hard pass@1 and plain RL's, read off rl's curve of the same seed
+    at the same RL FLOPs (sourcing not charged) and at the same total FLOPs (sourcing charged), with the per-seed
+    ratios prefixrl / rl; each figure mean +- std over the seeds that both methods finished (nan past rl's curve)."""
+    rl_by_seed = {r["seed"]: r["points"] for r in rl}
+    pairs = [(r["points"], rl_by_seed[r["seed"]]) for r in prefixrl if r["seed"] in rl_by_seed]
+    key = "train_hard/pass@1"
+    rows = []
+    for i in range(min((len(pre) for pre, _ in pairs), default=0)):
+        at = [(pre[i][key], value_at(base, "flops_rl", pre[i]["flops_rl"], key),
+               value_at(base, "flops", pre[i]["flops"], key)) for pre, base in pairs]
+        rows.append({"step": pairs[0][0][i]["step"], "flops_rl": _mean_std([pre[i]["flops_rl"] for pre, _ in pairs]),
+                     "flops": _mean_std([pre[i]["flops"] for pre, _ in pairs]),
+                     "prefixrl": _mean_std([a for a, _, _ in at]),
+                     "rl_at_rl_flops": _mean_std([b for _, b, _ in at]),
+                     "ratio_at_rl_flops": _mean_std([_ratio(a, b) for a, b, _ in at]),
+                     "rl_at_flops": _mean_std([c for _, _, c in at]),
+                     "ratio_at_flops": _mean_std([_ratio(a, c) for a, _, c in at])})
+    return rows
 
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else (math.inf if a > 0 else math.nan)
 
 
-def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 3) -> str:
+def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 3, inf: str = "never") -> str:
     m, s = ms
     if math.isnan(m):
         return "-"
     if math.isinf(m):
-        return "never"
+        return inf
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
 
 
@@ -132,6 +154,15 @@ def table_markdown(report: dict[str, Any]) -> str:
                   "| method | train_hard pass@1 | heldout_hard pass@1 | heldout_medium pass@1 |", "|---|---|---|---|"]
         lines += [f"| {m} | {' | '.join(_fmt(v[split]) for split in SPLITS)} |"
                   for m, v in report["at_prefixrl_rl_flops"].items()]  # fmt: skip
+    if report.get("prefixrl_vs_rl_by_step"):
+        lines += ["", "train_hard pass@1 along the way: prefixrl at its evaluations, rl of the same seed read off its "
+                  "curve at the same RL FLOPs (sourcing not charged) and at the same total FLOPs (sourcing charged):",
+                  "", "| prefixrl step | RL FLOPs (1e12) | prefixrl | rl, same RL FLOPs | ratio | total FLOPs (1e12) "
+                  "| rl, same total FLOPs | ratio |", "|" + "---|" * 8]
+        lines += [f"| {r['step']} | {_fmt(r['flops_rl'], 1e-12, 2)} | {_fmt(r['prefixrl'])} | "
+                  f"{_fmt(r['rl_at_rl_flops'])} | {_fmt(r['ratio_at_rl_flops'], digits=2, inf='inf')} | "
+                  f"{_fmt(r['flops'], 1e-12, 2)} | {_fmt(r['rl_at_flops'])} | {_fmt(r['ratio_at_flops'], digits=2, inf='inf')} |"
+                  for r in report["prefixrl_vs_rl_by_step"]]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

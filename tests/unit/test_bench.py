@@ -264,6 +264,31 @@ def test_report_gives_the_gain_with_and_without_sourcing_charged():
     assert "sourcing not charged (rl at prefixrl's RL FLOPs): 3.00" in text and "| rl | 0.200 ± 0.000 |" in text
 
 
+def test_report_pairs_prefixrl_with_rl_of_the_same_seed_along_the_way():
+    """At each PrefixRL evaluation, rl of the same seed at the same RL FLOPs and at the same total FLOPs (PrefixRL's
+    total includes 5 FLOPs of sourcing); a PrefixRL seed without an rl run is left out."""
+
+    def run(method, seed, accs, sourcing=0.0):
+        r = _curve(method, accs, uses_traces=sourcing > 0)
+        for pt in r["points"]:
+            pt["flops"] += sourcing
+        return {**r, "seed": seed}
+
+    curves = {"prefixrl": [run("prefixrl", 0, [0.0, 0.3, 0.6], 5.0), run("prefixrl", 1, [0.0, 0.2, 0.4], 5.0),
+                           run("prefixrl", 2, [0.0, 0.9, 0.9], 5.0)],
+              "rl": [run("rl", 0, [0.0, 0.1, 0.2, 0.5]), run("rl", 1, [0.0, 0.2, 0.4, 0.8])]}
+    rows = summarize(curves)["prefixrl_vs_rl_by_step"]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert math.isnan(rows[0]["ratio_at_rl_flops"][0])  # 0 / 0
+    assert rows[1]["prefixrl"][0] == pytest.approx(0.25)  # seeds 0 and 1 only
+    assert rows[1]["rl_at_rl_flops"][0] == pytest.approx(0.15) and rows[1]["rl_at_flops"][0] == pytest.approx(0.225)
+    assert rows[1]["ratio_at_rl_flops"] == pytest.approx((2.0, math.sqrt(2.0)))
+    assert rows[1]["ratio_at_flops"][0] == pytest.approx((0.3 / 0.15 + 0.2 / 0.3) / 2)
+    assert rows[2]["rl_at_flops"][0] == pytest.approx((0.35 + 0.6) / 2)
+    text = table_markdown(summarize(curves))
+    assert "| 1 | 0.00 ± 0.00 | 0.250 ± 0.071 | 0.150 ± 0.071 | 2.00 ± 1.41 |" in text  # RL FLOPs shown in 1e12
+
+
 def test_wall_times_add_the_regime_stages_and_every_seed():
     """The table a user reads the preset's cost from: minutes per seed and in all; stages with no record are left
     out rather than counted as zero."""
