@@ -145,10 +145,12 @@ def policy_steps(s: Shape, chunks: list[torch.nn.Module]) -> dict[str, float | N
     from megatron_ext.policy import MegatronPolicy, OptimizerSettings, PolicyConfig
     from prefixrl.batching import RLBatch
 
+    before_policy = _allocated_gib()  # the slice's bf16 weights
     # PolicyConfig.model names an HF directory or a tiny preset; hand the policy the already built random slice.
     with mock.patch.object(models, "from_hf", lambda path, *, precision=None: chunks):
         policy = MegatronPolicy(PolicyConfig(model="8b-slice", precision=BF16, micro_batch_size=1,
                                              max_seq_len=s.seq_len, optim=OptimizerSettings(lr=1e-6, warmup_steps=0)))
+    after_init = _allocated_gib()  # + DDP's fp32 gradient buffer and the distributed optimizer's fp32 main params
     g = torch.Generator().manual_seed(1)
     prompt = s.seq_len // 4
     rows = [torch.randint(4, s.spec.vocab_size, (s.seq_len,), generator=g).tolist() for _ in range(s.policy_seqs)]
@@ -165,11 +167,42 @@ def policy_steps(s: Shape, chunks: list[torch.nn.Module]) -> dict[str, float | N
     seconds = (time.perf_counter() - t0) / s.policy_steps
     tokens = s.policy_seqs * s.seq_len
     # What stays allocated between steps is the trainer's states; recipes.memory plans them per parameter.
-    resident = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    planned = sum(trainer_states_gib(s.spec.num_params(), dtype="bfloat16", fp8=False, model_parallel=1,
-                                     optimizer_shard=1))
+    resident = _allocated_gib()
+    planned = trainer_states_gib(s.spec.num_params(), dtype="bfloat16", fp8=False, model_parallel=1,
+                                 optimizer_shard=1)
     return {"seconds_per_step": seconds, "loss": metrics["loss/total"], "grad_norm": metrics["policy/grad_norm"],
-            "resident_gib": resident, "planned_states_gib": planned, **_rates(s, tokens=tokens, seconds=seconds)}
+            "resident_gib": resident, "planned_states_gib": sum(planned),
+            "planned_weights_grads_optimizer_gib": list(planned),
+            "allocated_gib_before_policy_after_init_after_steps": [before_policy, after_init, resident],
+            "largest_storages": _census(), **_rates(s, tokens=tokens, seconds=seconds)}
+
+
+def _allocated_gib() -> float | None:
+    return torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+def _census(top: int = 10) -> list[dict[str, object]]:
+    """The `top` largest tensor storages reachable from Python (each storage once, with the shape and dtype of one
+    tensor on it), and the number and total GiB of all of them: what the resident memory is made of."""
+    import gc
+
+    storages: dict[tuple[str, int], dict[str, object]] = {}
+    for obj in gc.get_objects():
+        try:
+            if not isinstance(obj, torch.Tensor) or obj.device.type == "meta":
+                continue
+            st = obj.untyped_storage()
+        except Exception:  # objects that raise on isinstance or have no storage (sparse, functional wrappers)
+            continue
+        key = (str(obj.device), st.data_ptr())
+        if key not in storages or obj.numel() > storages[key]["numel"]:
+            storages[key] = {"gib": st.nbytes() / 2**30, "shape": list(obj.shape), "dtype": str(obj.dtype),
+                             "numel": obj.numel(), "device": str(obj.device)}
+    ranked = sorted(storages.values(), key=lambda d: -float(d["gib"]))  # type: ignore[arg-type]
+    totals: dict[str, float] = {}
+    for d in ranked:
+        totals[str(d["device"])] = totals.get(str(d["device"]), 0.0) + float(d["gib"])  # type: ignore[arg-type]
+    return [{"storages": len(ranked), "total_gib_by_device": totals}] + ranked[:top]
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -221,6 +254,12 @@ def main() -> None:
         print(f"resident between policy steps {_fmt(ps['resident_gib'], '.2f')} GiB; recipes.memory's trainer "
               f"states (bf16 weights, fp32 grads, Adam + fp32 main params, TP=PP=DP=1) {ps['planned_states_gib']:.2f} "
               "GiB", flush=True)
+        w, gr, opt = ps["planned_weights_grads_optimizer_gib"]
+        print(f"allocated GiB before the policy / after its init / after its steps: "
+              f"{ps['allocated_gib_before_policy_after_init_after_steps']}; planned weights {w:.2f}, grads {gr:.2f}, "
+              f"optimizer {opt:.2f}", flush=True)
+        for row in ps["largest_storages"]:
+            print("  storage:", row, flush=True)
     finally:
         runtime.shutdown()
         if args.json:

@@ -10,7 +10,11 @@ Assumptions (state them when quoting a number):
 - Activations: full recomputation with sequence parallelism (Korthikanti et al. 2022): each in-flight micro-batch
   (PP of them under 1F1B) keeps one bf16 layer input per layer of the stage, s * h * 2 / TP bytes; plus the working
   set of one layer being recomputed, 34 * s * h / TP bytes (flash attention: no s^2 term); plus the last stage's
-  logits, s * V / TP * 6 bytes (bf16 logits and an fp32 copy for the vocab-parallel log-softmax).
+  logits, s * V / TP * 6 bytes (bf16 logits and an fp32 copy for the vocab-parallel log-softmax). Without
+  Transformer Engine (local spec, unfused attention) Megatron also keeps a persistent score buffer of micro-batch x
+  heads / TP x s^2 x 2 bytes between steps, which this estimate leaves out (measured: docs/gpu.md).
+- The trainer states are exact on a GPU: 33.30 GiB allocated between steps of an 8B-shape 4-layer slice (1.92 B
+  parameters, DP=1) = the 32.24 GiB planned + that 1.00 GiB score buffer (docs/gpu.md, 2026-11-27).
 - Engine, per GPU: bf16 weights sharded over the engine TP, and a KV cache of 2 * layers * kv_heads_per_rank *
   head_dim * 2 bytes per token. While the engine generates, the trainer's states stay resident; the engine's
   share (`gpu_memory_utilization` of the card) must hold its weights and the KV cache of at least one full group
