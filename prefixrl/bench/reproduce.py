@@ -121,23 +121,7 @@ def run_benchmark(out_dir: str | Path, s: BenchSettings, *, base_from: str | Pat
         reg, engine = _regime(out, s)
         if regime_only:
             return {"regime": reg.figures}
-        ctx = _context(reg, engine, s)
-        for seed in range(s.seeds):
-            for name in s.methods:
-                path = out / "runs" / name / f"seed{seed}.json"
-                if path.exists():
-                    curve = json.loads(path.read_text())
-                else:
-                    logger.info("bench: %s seed %d", name, seed)
-                    t = time.perf_counter()
-                    curve = METHODS[name](ctx, seed).to_dict()
-                    curve["wall_s"] = time.perf_counter() - t
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".tmp")
-                    tmp.write_text(json.dumps(curve))
-                    tmp.replace(path)
-                if name == "prefixrl":
-                    ctx.budget, ctx.budget_rl = curve["points"][-1]["flops"], curve["points"][-1]["flops_rl"]
+        run_methods(out, s, _context(reg, engine, s))
     finally:
         if engine is not None:
             engine.shutdown()
@@ -147,6 +131,29 @@ def run_benchmark(out_dir: str | Path, s: BenchSettings, *, base_from: str | Pat
     report = write_report(out, s)
     report["wall_s_this_start"] = time.perf_counter() - t0
     return report
+
+
+def run_methods(out: Path, s: BenchSettings, ctx: Any) -> None:
+    """Every (seed, method) not finished yet -> out/runs/<method>/seed<k>.json; finished ones are read back. Each
+    seed's budget is its own PrefixRL run's total, so PrefixRL starts every seed without one (and evaluates every
+    eval_every steps, not at another seed's FLOPs points)."""
+    for seed in range(s.seeds):
+        ctx.budget = ctx.budget_rl = 0.0
+        for name in s.methods:
+            path = out / "runs" / name / f"seed{seed}.json"
+            if path.exists():
+                curve = json.loads(path.read_text())
+            else:
+                logger.info("bench: %s seed %d", name, seed)
+                t = time.perf_counter()
+                curve = METHODS[name](ctx, seed).to_dict()
+                curve["wall_s"] = time.perf_counter() - t
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(curve))
+                tmp.replace(path)
+            if name == "prefixrl":
+                ctx.budget, ctx.budget_rl = curve["points"][-1]["flops"], curve["points"][-1]["flops_rl"]
 
 
 def _check_settings_file(out: Path, s: BenchSettings) -> None:

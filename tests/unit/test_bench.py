@@ -289,6 +289,33 @@ def test_report_pairs_prefixrl_with_rl_of_the_same_seed_along_the_way():
     assert "| 1 | 0.00 ± 0.00 | 0.250 ± 0.071 | 0.150 ± 0.071 | 2.00 ± 1.41 |" in text  # RL FLOPs shown in 1e12
 
 
+def test_each_seed_budget_is_its_own_prefixrl_total(tmp_path, monkeypatch):
+    """PrefixRL of every seed runs without a budget (seed 1 used to inherit seed 0's); the other methods of a seed
+    get that seed's PrefixRL total, also when the PrefixRL run is read back from disk (a resumed benchmark)."""
+    from types import SimpleNamespace
+
+    from prefixrl.bench import reproduce
+
+    seen = []
+
+    def fake(name, total):
+        def run(ctx, seed):
+            seen.append((name, seed, ctx.budget, ctx.budget_rl))
+            pts = [{"flops": total + seed, "flops_rl": total / 2 + seed}]
+            return SimpleNamespace(to_dict=lambda: {"points": pts})
+        return run
+
+    s = replace(get_preset("smoke", seeds=2), methods=("prefixrl", "rl"))
+    monkeypatch.setattr(reproduce, "METHODS", {"prefixrl": fake("prefixrl", 100.0), "rl": fake("rl", 0.0)})
+    ctx = SimpleNamespace(budget=0.0, budget_rl=0.0)
+    reproduce.run_methods(tmp_path, s, ctx)
+    assert seen == [("prefixrl", 0, 0.0, 0.0), ("rl", 0, 100.0, 50.0), ("prefixrl", 1, 0.0, 0.0), ("rl", 1, 101.0, 51.0)]
+    (tmp_path / "runs" / "rl" / "seed1.json").unlink()
+    seen.clear()
+    reproduce.run_methods(tmp_path, s, SimpleNamespace(budget=0.0, budget_rl=0.0))
+    assert seen == [("rl", 1, 101.0, 51.0)]
+
+
 def test_wall_times_add_the_regime_stages_and_every_seed():
     """The table a user reads the preset's cost from: minutes per seed and in all; stages with no record are left
     out rather than counted as zero."""
