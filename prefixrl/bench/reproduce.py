@@ -157,13 +157,17 @@ def run_methods(out: Path, s: BenchSettings, ctx: Any) -> None:
 
 
 def _check_settings_file(out: Path, s: BenchSettings) -> None:
-    """A directory belongs to one set of settings (seeds may grow); refuse to mix two."""
+    """A directory belongs to one regime and one set of RL settings; refuse to mix two. Seeds may grow and the
+    methods may change: a (method, seed) run depends only on those settings and on its seed's PrefixRL run, so a
+    method added later runs against the same budgets and the finished runs are kept (the report lists the methods
+    named this time)."""
     path = out / "settings.json"
     new = asdict(s)
     if path.exists():
         old = _with_new_defaults(json.loads(path.read_text()), json.loads(json.dumps(asdict(BenchSettings()))))
-        if {k: v for k, v in old.items() if k != "seeds"} != json.loads(json.dumps({k: v for k, v in new.items()
-                                                                                      if k != "seeds"})):
+        free = ("seeds", "methods")
+        if {k: v for k, v in old.items() if k not in free} != json.loads(json.dumps({k: v for k, v in new.items()
+                                                                                       if k not in free})):
             raise FileExistsError(f"{out} holds a benchmark with other settings ({path}); choose a new --out")
     path.write_text(json.dumps(new, indent=1))
 

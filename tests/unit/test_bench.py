@@ -1,6 +1,7 @@
 """The reproduction benchmark's pure parts: presets, FLOPs-to-accuracy, the table's ratios, the task splits, and
 the off-policy loss adapters against the pure losses."""
 
+import json
 import math
 from dataclasses import replace
 
@@ -42,10 +43,12 @@ def test_preset_fields_can_be_overridden_and_are_validated():
         apply_overrides(get_preset("small"), ["regime.sft_steps=700"])
 
 
-def test_settings_file_refuses_other_settings_but_allows_more_seeds(tmp_path):
+def test_settings_file_refuses_other_settings_but_allows_more_seeds_and_other_methods(tmp_path):
     s = PRESETS["smoke"]
     _check_settings_file(tmp_path, s)
     _check_settings_file(tmp_path, replace(s, seeds=3))
+    _check_settings_file(tmp_path, replace(s, methods=("prefixrl", "rl", "prefixed_only")))
+    assert json.loads((tmp_path / "settings.json").read_text())["methods"] == ["prefixrl", "rl", "prefixed_only"]
     with pytest.raises(FileExistsError, match="other settings"):
         _check_settings_file(tmp_path, replace(s, rl=replace(s.rl, n=16)))
 
