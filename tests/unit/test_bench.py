@@ -99,6 +99,24 @@ def test_summary_ratios_by_hand():
     assert "| prefixrl | 1 | 0.000 ± 0.000 -> 0.600 ± 0.000 |" in text and "never" in text
 
 
+def test_flops_ratio_uses_each_seeds_own_sft_rl_final():
+    """Seed 1's sft_rl ends at 0.2, below the mean of the finals (0.25): against the mean it would 'never' reach its
+    own final. Per seed: seed 0 ratio 20 / 10 = 2, seed 1 prefixrl never reaches 0.2 -> 0; mean 1."""
+
+    def seeded(r, seed):
+        return {**r, "seed": seed}
+
+    curves = {"prefixrl": [seeded(_curve("prefixrl", [0.0, 0.3, 0.6], uses_traces=True), 0),
+                           seeded(_curve("prefixrl", [0.0, 0.1, 0.15], uses_traces=True), 1)],
+              "sft_rl": [seeded(_curve("sft_rl", [0.0, 0.15, 0.3], uses_traces=True), 0),
+                         seeded(_curve("sft_rl", [0.0, 0.1, 0.2], uses_traces=True), 1)]}
+    rep = summarize(curves)
+    assert rep["speedup_vs_sft_rl_by_seed"] == pytest.approx([2.0, 0.0]) and rep["speedup_vs_sft_rl"] == 1.0
+    assert rep["rows"]["sft_rl"]["flops_to_target"] == pytest.approx((20.0, 0.0))
+    assert math.isinf(rep["rows"]["prefixrl"]["flops_to_target"][0])
+    assert "(per seed: 2.00, 0.00; 0 where prefixrl never reached it)" in table_markdown(rep)
+
+
 def test_mean_std_of_never_reached_targets_over_seeds():
     """Two seeds that never reach sft_rl's accuracy (inf FLOPs) must not crash the report (statistics.stdev did)."""
     from prefixrl.bench.report import _mean_std
