@@ -183,7 +183,8 @@ def _allocated_gib() -> float | None:
 
 def _census(top: int = 10) -> list[dict[str, object]]:
     """The `top` largest tensor storages reachable from Python (each storage once, with the shape and dtype of one
-    tensor on it), and the number and total GiB of all of them: what the resident memory is made of."""
+    tensor on it), after a first row with their number and their total GiB per device: what the resident memory is
+    made of."""
     import gc
 
     storages: dict[tuple[str, int], dict[str, object]] = {}

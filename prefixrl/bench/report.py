@@ -175,7 +175,8 @@ def table_markdown(report: dict[str, Any]) -> str:
                   "| rl, same total FLOPs | ratio |", "|" + "---|" * 8]
         lines += [f"| {r['step']} | {_fmt(r['flops_rl'], 1e-12, 2)} | {_fmt(r['prefixrl'])} | "
                   f"{_fmt(r['rl_at_rl_flops'])} | {_fmt(r['ratio_at_rl_flops'], digits=2, inf='inf')} | "
-                  f"{_fmt(r['flops'], 1e-12, 2)} | {_fmt(r['rl_at_flops'])} | {_fmt(r['ratio_at_flops'], digits=2, inf='inf')} |"
+                  f"{_fmt(r['flops'], 1e-12, 2)} | {_fmt(r['rl_at_flops'])} | "
+                  f"{_fmt(r['ratio_at_flops'], digits=2, inf='inf')} |"
                   for r in report["prefixrl_vs_rl_by_step"]]  # fmt: skip
     return "\n".join(lines) + "\n"
 

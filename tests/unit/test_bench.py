@@ -330,7 +330,8 @@ def test_each_seed_budget_is_its_own_prefixrl_total(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "METHODS", {"prefixrl": fake("prefixrl", 100.0), "rl": fake("rl", 0.0)})
     ctx = SimpleNamespace(budget=0.0, budget_rl=0.0)
     reproduce.run_methods(tmp_path, s, ctx)
-    assert seen == [("prefixrl", 0, 0.0, 0.0), ("rl", 0, 100.0, 50.0), ("prefixrl", 1, 0.0, 0.0), ("rl", 1, 101.0, 51.0)]
+    assert seen == [("prefixrl", 0, 0.0, 0.0), ("rl", 0, 100.0, 50.0),
+                    ("prefixrl", 1, 0.0, 0.0), ("rl", 1, 101.0, 51.0)]
     (tmp_path / "runs" / "rl" / "seed1.json").unlink()
     seen.clear()
     reproduce.run_methods(tmp_path, s, SimpleNamespace(budget=0.0, budget_rl=0.0))
