@@ -81,18 +81,16 @@ def summarize(curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         sft_runs = {r["seed"]: r["points"] for r in curves["sft_rl"]}
         targets = {seed: pts[-1][key] for seed, pts in sft_runs.items()}
         report["target_accuracy"] = rows["sft_rl"]["train_hard"][0]
-        for method, runs in curves.items():
-            rows[method]["flops_to_target"] = _mean_std([flops_to_reach(r["points"], key, targets[r["seed"]])
-                                                         for r in runs if r["seed"] in targets])  # fmt: skip
+        to_target = {method: {r["seed"]: flops_to_reach(r["points"], key, targets[r["seed"]])
+                              for r in runs if r["seed"] in targets} for method, runs in curves.items()}
+        for method, by_seed in to_target.items():
+            rows[method]["flops_to_target"] = _mean_std(list(by_seed.values()))
         if "prefixrl" in curves:
-            ratios = []
-            for r in curves["prefixrl"]:
-                if r["seed"] not in targets:
-                    continue
-                target, sft_pts = targets[r["seed"]], sft_runs[r["seed"]]
-                pre = flops_to_reach(r["points"], key, target)
-                improved = target > sft_pts[0][key] and pre > 0  # else the ratio says nothing: nan
-                ratios.append(flops_to_reach(sft_pts, key, target) / pre if improved else math.nan)  # inf -> 0
+            # nan where sft_rl did not improve or PrefixRL starts at the target (the ratio says nothing); 0 where
+            # PrefixRL never reaches it (sft / inf).
+            ratios = [to_target["sft_rl"][seed] / pre
+                      if targets[seed] > sft_runs[seed][0][key] and pre > 0 else math.nan
+                      for seed, pre in to_target["prefixrl"].items()]  # fmt: skip
             report["speedup_vs_sft_rl_by_seed"] = ratios
             report["speedup_vs_sft_rl"] = _mean_std(ratios)[0]
     if "prefixrl" in rows and "rl" in rows:

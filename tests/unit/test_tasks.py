@@ -201,13 +201,12 @@ def test_line_kinds_tell_slips_from_resyncs_to_the_true_sum():
 
 def test_trace_kind_names_how_a_right_trace_got_there():
     p = Problem(problem_id="p", prompt="Compute 043 a + 5 b - 3.", answer="45", metadata={"terms": [43, 5, -3]})
-    assert trace_kind(p, "043 a + 5 = 048\n048 b - 3 = 045\nANSWER: 045") == "sound"
-    assert trace_kind(p, "043 a + 5 = 050\n050 b - 3 = 045\nANSWER: 045") == "wrong_line"  # slip, then resync
-    assert trace_kind(p, "043 a + 5 = 048\nANSWER: 045") == "other"  # every line right, term b never used
-    assert trace_kind(p, "I know it.\nANSWER: 45") == "other"
-    texts = ["043 a + 5 = 048\n048 b - 3 = 045\nANSWER: 045", "043 a + 5 = 050\n050 b - 3 = 045\nANSWER: 045",
-             "I know it.\nANSWER: 45"]
-    assert {trace_kind(p, t) for t in texts} == set(TRACE_KINDS) == {"sound", "wrong_line", "other"}
+    expected = {"043 a + 5 = 048\n048 b - 3 = 045\nANSWER: 045": "sound",
+                "043 a + 5 = 050\n050 b - 3 = 045\nANSWER: 045": "wrong_line",  # slip, then resync
+                "043 a + 5 = 048\nANSWER: 045": "other",  # every line right, term b never used
+                "I know it.\nANSWER: 45": "other"}
+    assert {text: trace_kind(p, text) for text in expected} == expected
+    assert set(expected.values()) == set(TRACE_KINDS) == {"sound", "wrong_line", "other"}  # every kind is reachable
 
 
 def test_verifier_checks_only_the_final_answer():
