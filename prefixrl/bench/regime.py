@@ -54,6 +54,12 @@ class RegimeSettings:
     two-digit terms, 1,500 x 32 SFT steps left the 4-layer base at chance on every level: docs/reproduction.md.)"""
     max_answer: int = 999
     """Answers and partial sums lie in [0, max_answer]: 1,000 possible answers."""
+    multiply_prob: float = 0.0
+    """Probability that a term after the first multiplies the running total (`ArithConfig.multiply_prob`: totals
+    modulo max_answer + 1, so the answer is not the sum of the prompt's numbers and cannot be read off the prompt
+    without the chain). 0 (the default) reproduces earlier run directories; the `mul` presets set it."""
+    multipliers: tuple[int, ...] = (2, 3)
+    """Factors of the multiplying terms (`ArithConfig.multipliers`)."""
     labels: bool = True
     """Terms carry letter labels that each worked line repeats (`ArithConfig.labels`)."""
     random_label_start: bool = False
@@ -138,7 +144,8 @@ def _task_cfg(s: RegimeSettings, *, hard: int, medium: int, seed: int) -> Any:
 
     return ArithConfig(terms={"easy": 2, "medium": medium, "hard": hard}, max_operand=s.max_operand,
                        first_term_max=s.first_term_max, max_answer=s.max_answer, width=s.width, labels=s.labels,
-                       random_label_start=s.random_label_start, seed=seed,
+                       random_label_start=s.random_label_start, seed=seed, multiply_prob=s.multiply_prob,
+                       multipliers=s.multipliers,
                        sizes={"heldout_hard": s.heldout_hard, "heldout_medium": s.heldout_medium,
                               "train_hard": s.train_hard})  # fmt: skip
 
@@ -223,9 +230,9 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
     return info
 
 
-BASE_FIELDS = ("levels", "per_level", "orders_per_problem", "first_term_max", "max_operand", "max_answer", "labels",
-               "random_label_start", "slip_rate", "clean_steps", "early_slip_rate", "width", "sft_steps", "sft_batch",
-               "sft_lr", "checkpoints", "seed")
+BASE_FIELDS = ("levels", "per_level", "orders_per_problem", "first_term_max", "max_operand", "max_answer",
+               "multiply_prob", "multipliers", "labels", "random_label_start", "slip_rate", "clean_steps",
+               "early_slip_rate", "width", "sft_steps", "sft_batch", "sft_lr", "checkpoints", "seed")
 """The RegimeSettings fields the base model (and its tokenizer) depends on."""
 PROBE_FIELDS = (*BASE_FIELDS, "probe_problems", "probe_k", "target_pass_at_k", "medium_pass_at_k", "gen_tokens")
 """The fields the level probe depends on as well."""

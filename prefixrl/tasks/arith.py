@@ -16,8 +16,10 @@ default). A worked solution adds one term per line, in any order whose running t
 so a problem with k terms has up to (k - 1)! * (number of positive terms) correct chains, and the verifier looks only
 at the final answer. The difficulty knob is the number of terms (`ArithConfig.terms`): every extra line is one more
 chance for a small model to slip, so hard problems are rarely solved end to end, while a correct trace's prefix (its
-first partial sums) makes the rest easy -- the situation PrefixRL is built for. Everything is deterministic from
-`ArithConfig.seed`; the splits are disjoint by prompt text.
+first partial sums) makes the rest easy -- the situation PrefixRL is built for. With `ArithConfig.multiply_prob`
+some terms multiply the running total instead (`Compute 437 a + 5 b * 3.`, totals modulo max_answer + 1, applied
+left to right: `442 b * 3 = 326`), so the answer is no longer the sum of the prompt's numbers. Everything is
+deterministic from `ArithConfig.seed`; the splits are disjoint by prompt text.
 """
 
 from __future__ import annotations
@@ -81,6 +83,15 @@ class ArithConfig:
     reach) at chance (docs/reproduction.md). Changes the problems drawn, not only their labels."""
     subtract_prob: float = 0.35
     """Probability that a term after the first is subtracted."""
+    multiply_prob: float = 0.0
+    """Probability that a term after the first multiplies the running total instead (`b * 3`, written "*3" in
+    metadata["terms"]; the factor drawn from `multipliers`). With any (multiply_prob > 0), every total is taken
+    modulo max_answer + 1 and the chain is applied left to right: the answer is then an affine map of the first term
+    that depends on where each step sits, not the sum of the prompt's numbers, so a model cannot reach it without
+    working the chain, and a problem's difficulty depends on its own multiplications. 0 (the default) draws exactly
+    the problems of earlier versions."""
+    multipliers: tuple[int, ...] = (2, 3)
+    """Factors of the multiplying terms (each >= 2)."""
     seed: int = 0
     """Everything (problems, splits, solution orders) is a function of this seed."""
 
@@ -104,18 +115,51 @@ class ArithConfig:
             raise ValueError(f"labels=True names at most {len(LABELS) + 1} terms; terms={self.terms} has more")
         if not 0.0 <= self.subtract_prob < 1.0:
             raise ValueError(f"subtract_prob={self.subtract_prob} must be in [0, 1)")
+        if not 0.0 <= self.multiply_prob < 1.0:
+            raise ValueError(f"multiply_prob={self.multiply_prob} must be in [0, 1)")
+        if self.multiply_prob > 0 and (not self.multipliers or min(self.multipliers) < 2 or max(self.multipliers) > 9):
+            raise ValueError(f"multipliers={self.multipliers} must be one-digit factors in [2, 9] (a worked line "
+                             "writes `* m`); e.g. (2, 3)")
+
+    @property
+    def modulus(self) -> int:
+        """Totals are taken modulo this (max_answer + 1) when the chains multiply; 0: plain sums kept in range."""
+        return self.max_answer + 1 if self.multiply_prob > 0 else 0
 
 
 # ------------------------------------------------------------------------------------------------ problems
-def _signed_terms(problem: Problem) -> list[int]:
-    return [int(t) for t in problem.metadata["terms"]]
+Term = int | str
+"""A term: a signed int (add it) or "*m" (multiply the running total by m; never the first term)."""
 
 
-def _step(t: int, label: str | None) -> str:
-    return f"{label + ' ' if label else ''}{'-' if t < 0 else '+'} {abs(t)}"
+def _signed_terms(problem: Problem) -> list[Term]:
+    return [t if isinstance(t, str) else int(t) for t in problem.metadata["terms"]]
 
 
-def prompt_text(terms: Sequence[int], *, width: int = 0, labels: bool | str = False) -> str:
+def _modulus(problem: Problem) -> int:
+    return int(problem.metadata.get("modulus", 0))
+
+
+def apply_term(total: int, term: Term, modulus: int = 0) -> int:
+    """The running total after `term` (modulo `modulus` when it is > 0)."""
+    total = total * int(term[1:]) if isinstance(term, str) else total + term
+    return total % modulus if modulus else total
+
+
+def chain_value(terms: Sequence[Term], modulus: int = 0) -> int:
+    """The answer: `terms` applied left to right to the first one."""
+    total = int(terms[0])
+    for t in terms[1:]:
+        total = apply_term(total, t, modulus)
+    return total
+
+
+def _step(t: Term, label: str | None) -> str:
+    op = f"* {t[1:]}" if isinstance(t, str) else f"{'-' if t < 0 else '+'} {abs(t)}"
+    return f"{label + ' ' if label else ''}{op}"
+
+
+def prompt_text(terms: Sequence[Term], *, width: int = 0, labels: bool | str = False) -> str:
     """`Compute 37 + 58 - 12.` for signed terms [37, 58, -12] (the first term is positive; zero-padded to `width`
     digits when width > 0; `Compute 37 a + 58 b - 12.` with labels=True, or the given letters, one per later term)."""
     names = LABELS if labels is True else labels
@@ -123,28 +167,37 @@ def prompt_text(terms: Sequence[int], *, width: int = 0, labels: bool | str = Fa
     return f"Compute {' '.join([f'{terms[0]:0{width}d}', *steps])}."
 
 
-def _running_ok(terms: Sequence[int], max_answer: int) -> bool:
+def _running_ok(terms: Sequence[Term], max_answer: int, modulus: int = 0) -> bool:
+    if modulus:
+        return True
     total = 0
     for t in terms:
-        total += t
+        total = apply_term(total, t)
         if not 0 <= total <= max_answer:
             return False
     return True
 
 
+def _draw_term(rng: random.Random, cfg: ArithConfig) -> Term:
+    if cfg.multiply_prob and rng.random() < cfg.multiply_prob:
+        return f"*{rng.choice(cfg.multipliers)}"
+    return rng.randint(1, cfg.max_operand) * (-1 if rng.random() < cfg.subtract_prob else 1)
+
+
 def make_problem(rng: random.Random, *, num_terms: int, cfg: ArithConfig, problem_id: str, level: str) -> Problem:
-    """One problem with `num_terms` terms whose left-to-right partial sums stay in [0, cfg.max_answer]."""
+    """One problem with `num_terms` terms whose left-to-right partial sums stay in [0, cfg.max_answer] (or are taken
+    modulo cfg.modulus when the chains multiply)."""
     for _ in range(_MAX_TRIES_PER_PROBLEM):
-        terms = [rng.randint(1, cfg.first_term_max or cfg.max_operand)]
-        terms += [rng.randint(1, cfg.max_operand) * (-1 if rng.random() < cfg.subtract_prob else 1)
-                  for _ in range(num_terms - 1)]  # fmt: skip
-        if _running_ok(terms, cfg.max_answer):
+        terms: list[Term] = [rng.randint(1, cfg.first_term_max or cfg.max_operand)]
+        terms += [_draw_term(rng, cfg) for _ in range(num_terms - 1)]
+        if _running_ok(terms, cfg.max_answer, cfg.modulus):
             start = rng.randrange(len(LABELS)) if cfg.labels and cfg.random_label_start else 0
             names = (LABELS * 2)[start : start + num_terms - 1] if cfg.labels else ""
             return Problem(
                 problem_id=problem_id, prompt=prompt_text(terms, width=cfg.width, labels=names),
-                answer=str(sum(terms)), source="arith",
-                metadata={"terms": terms, "level": level, "num_terms": num_terms},
+                answer=str(chain_value(terms, cfg.modulus)), source="arith",
+                metadata={"terms": terms, "level": level, "num_terms": num_terms,
+                          **({"modulus": cfg.modulus} if cfg.modulus else {})},
             )  # fmt: skip
     raise ValueError(
         f"could not draw a {num_terms}-term problem within max_answer={cfg.max_answer} in {_MAX_TRIES_PER_PROBLEM} "
@@ -185,33 +238,40 @@ def write_problems(path: str | Path, problems: Sequence[Problem]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ solutions
-def _format_chain(terms: Sequence[int], totals: Sequence[int], *, width: int, labels: Sequence[str] | None) -> str:
+def _format_chain(terms: Sequence[Term], totals: Sequence[int], *, width: int, labels: Sequence[str] | None) -> str:
     lines = [f"{a:0{width}d} {_step(t, labels[i] if labels else None)} = {b:0{width}d}"
              for i, (a, t, b) in enumerate(zip([terms[0], *totals], terms[1:], totals))]  # fmt: skip
     return "\n".join([*lines, f"ANSWER: {totals[-1] if totals else terms[0]:0{width}d}"])
 
 
-def chain_text(terms: Sequence[int], *, width: int = 0, labels: Sequence[str] | None = None) -> str:
-    """The worked chain adding `terms` in the given order, ending with the answer line; running totals and the
-    answer are zero-padded to `width` digits when width > 0; `labels[i]` names the term added on line i."""
-    totals = [sum(terms[: i + 2]) for i in range(len(terms) - 1)]
+def chain_text(terms: Sequence[Term], *, width: int = 0, labels: Sequence[str] | None = None,
+               modulus: int = 0) -> str:
+    """The worked chain applying `terms` in the given order, ending with the answer line; running totals and the
+    answer are zero-padded to `width` digits when width > 0 (and taken modulo `modulus` when it is > 0);
+    `labels[i]` names the term applied on line i."""
+    totals = [chain_value(terms[: i + 2], modulus) for i in range(len(terms) - 1)]
     return _format_chain(terms, totals, width=width, labels=labels)
 
 
-def slipped_chain(terms: Sequence[int], *, rng: random.Random, slip_rate: float, max_answer: int, width: int = 0,
-                  labels: Sequence[str] | None = None) -> str:
+def slipped_chain(terms: Sequence[Term], *, rng: random.Random, slip_rate: float, max_answer: int, width: int = 0,
+                  labels: Sequence[str] | None = None, modulus: int = 0) -> str:
     """`chain_text` written by a careless teacher: each line's total is, with probability `slip_rate`, a uniformly
     random wrong number, and the later lines carry on from it (each of them right given the written total), so the
     answer line is wrong. The random total is drawn where the rest of the chain stays in [0, max_answer], so one of
     the teacher's slipped chains lands on the right answer about 1 time in max_answer: its right answers are sound
     chains. A base trained on them keeps slipping however long it trains, but more often than its teacher, and its
-    right answers need not be sound (base (g): 24 % of its sourced traces were; docs/reproduction.md)."""
+    right answers need not be sound (base (g): 24 % of its sourced traces were; docs/reproduction.md). With
+    `modulus` (chains that multiply) a slip is any other number in [0, modulus)."""
     if not 0.0 <= slip_rate < 1.0:
         raise ValueError(f"slip_rate={slip_rate} must be in [0, 1)")
-    totals, total = [], terms[0]
+    totals, total = [], int(terms[0])
     for i, t in enumerate(terms[1:], start=1):
-        total += t
-        if rng.random() < slip_rate:
+        total = apply_term(total, t, modulus)
+        slips = rng.random() < slip_rate
+        if slips and modulus:  # any other total: later lines are taken modulo too, so every total is possible
+            wrong = rng.randrange(modulus - 1)
+            total = wrong + (wrong >= total)
+        elif slips:
             rest = [sum(terms[i + 1 : j + 1]) for j in range(i, len(terms))]  # partial sums after this line (0 first)
             low, high = -min(rest), max_answer - max(rest)
             if high > low:  # the right total lies in [low, high]; pick another one
@@ -227,7 +287,9 @@ def term_labels(problem: Problem) -> str:
 
 
 def _orders(problem: Problem, *, num: int, cfg: ArithConfig) -> list[tuple[int, ...]]:
-    """Up to `num` distinct valid orders of the term indices: left to right first, then random ones."""
+    """Up to `num` distinct valid orders of the term indices: left to right first, then random ones (with
+    multiplying terms, only the orders that reach the same answer, i.e. mostly swaps of additions between two
+    multiplications)."""
     terms = _signed_terms(problem)
     rng = random.Random(derive_seed(cfg.seed, problem.problem_id))
     orders: list[tuple[int, ...]] = [tuple(range(len(terms)))]  # term indices; labelled orders keep the first first
@@ -238,7 +300,9 @@ def _orders(problem: Problem, *, num: int, cfg: ArithConfig) -> list[tuple[int, 
         perm = ((0, *rng.sample(range(1, len(terms)), len(terms) - 1)) if cfg.labels
                 else tuple(rng.sample(range(len(terms)), len(terms))))  # fmt: skip
         signed = tuple(terms[i] for i in perm)
-        if signed[0] > 0 and signed not in seen and _running_ok(signed, cfg.max_answer):
+        if (isinstance(signed[0], int) and signed[0] > 0 and signed not in seen
+                and _running_ok(signed, cfg.max_answer, cfg.modulus)
+                and chain_value(signed, cfg.modulus) == chain_value(terms, cfg.modulus)):  # fmt: skip
             orders.append(perm)
             seen.add(signed)
     return orders
@@ -247,7 +311,8 @@ def _orders(problem: Problem, *, num: int, cfg: ArithConfig) -> list[tuple[int, 
 def solutions(problem: Problem, *, num: int, cfg: ArithConfig) -> list[str]:
     """Up to `num` distinct correct worked chains: the left-to-right order first, then random valid orders."""
     terms, names = _signed_terms(problem), term_labels(problem)
-    return [chain_text([terms[i] for i in o], width=cfg.width, labels=[names[i - 1] for i in o[1:]] if names else None)
+    return [chain_text([terms[i] for i in o], width=cfg.width, labels=[names[i - 1] for i in o[1:]] if names else None,
+                       modulus=cfg.modulus)
             for o in _orders(problem, num=num, cfg=cfg)]  # fmt: skip
 
 
@@ -257,7 +322,8 @@ def slipped_solutions(problem: Problem, *, num: int, cfg: ArithConfig, slip_rate
     terms, names = _signed_terms(problem), term_labels(problem)
     rng = random.Random(derive_seed(cfg.seed, f"slips-{problem.problem_id}"))
     return [slipped_chain([terms[i] for i in o], rng=rng, slip_rate=slip_rate, max_answer=cfg.max_answer,
-                          width=cfg.width, labels=[names[i - 1] for i in o[1:]] if names else None)
+                          width=cfg.width, labels=[names[i - 1] for i in o[1:]] if names else None,
+                          modulus=cfg.modulus)
             for o in _orders(problem, num=num, cfg=cfg)]  # fmt: skip
 
 
@@ -280,34 +346,35 @@ def answer_of(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-_LINE_RE = re.compile(r"^(-?\d+) (?:([a-z]) )?([+-]) (\d+) = (-?\d+)$")
+_LINE_RE = re.compile(r"^(-?\d+) (?:([a-z]) )?([+*-]) (\d+) = (-?\d+)$")
 
 
-def _parse_line(line: str) -> tuple[int, str | None, int, int] | None:
-    """`043 a + 5 = 048` -> (43, "a", 5, 48) (label None when unlabelled; the step signed); None if not such a line."""
+def _parse_line(line: str) -> tuple[int, str | None, Term, int] | None:
+    """`043 a + 5 = 048` -> (43, "a", 5, 48) (label None when unlabelled; the step signed, or "*m" for `* m`); None
+    if not such a line."""
     m = _LINE_RE.match(line.strip())
     if m is None:
         return None
-    d = int(m.group(4))
-    return int(m.group(1)), m.group(2), d if m.group(3) == "+" else -d, int(m.group(5))
+    d, op = int(m.group(4)), m.group(3)
+    return int(m.group(1)), m.group(2), f"*{d}" if op == "*" else d if op == "+" else -d, int(m.group(5))
 
 
-_PROMPT_LABEL_RE = re.compile(r" ([a-z]) [+-] \d")
+_PROMPT_LABEL_RE = re.compile(r" ([a-z]) [+*-] \d")
 
 
 def chain_is_sound(problem: Problem, text: str) -> bool:
-    """True iff `text` is a worked chain that really computes the answer: every line `a +/- d = b` is right, each line
-    starts from the previous total (the first from one of the terms), every term is used exactly once (by its label
-    when the problem has labels) and the answer line repeats the last total. Not the reward (the verifier reads only
-    the answer): a diagnostic that tells a sound solution from a chain whose wrong steps happen to land on the right
-    number."""
+    """True iff `text` is a worked chain that really computes the answer: every line `a +/- d = b` (or `a * m = b`)
+    is right, each line starts from the previous total (the first from one of the terms), every term is used exactly
+    once (by its label when the problem has labels), the last total is the problem's value and the answer line
+    repeats it. Not the reward (the verifier reads only the answer): a diagnostic that tells a sound solution from a
+    chain whose wrong steps happen to land on the right number."""
     lines = text.strip().splitlines()
     if not lines or answer_of(lines[-1]) is None:
         return False
-    terms = _signed_terms(problem)
+    terms, modulus = _signed_terms(problem), _modulus(problem)
     names = term_labels(problem)
     labelled = bool(names)
-    left = sorted(terms)
+    left = list(terms)
     unused = dict(zip(names, terms[1:]))
     total: int | None = None
     for line in lines[:-1]:
@@ -323,11 +390,12 @@ def chain_is_sound(problem: Problem, text: str) -> bool:
             left.remove(a)
         elif a != total:
             return False
-        if step not in left or a + step != b:
+        if step not in left or apply_term(a, step, modulus) != b:
             return False
         left.remove(step)
         total = b
-    return not left and total is not None and answer_of(lines[-1]) == total
+    # in an order that changes the value (multiplying terms), every line can be right and the chain still wrong
+    return not left and total == chain_value(terms, modulus) and answer_of(lines[-1]) == total
 
 
 def line_kinds(problem: Problem, text: str) -> str:
@@ -336,17 +404,17 @@ def line_kinds(problem: Problem, text: str) -> str:
     wrong total (its addition is right, its left side was already wrong), `S` resync (its addition is wrong but its
     total is the true running sum: computed from the prompt, not from the chain), `x` slip (neither). The running
     sum takes each line's term by its label when the problem has labels (else as written). Lines that are not
-    `a [label] +/- d = b` are skipped. `line_kinds(p, "043 a + 5 = 048\\n048 b - 3 = 051\\nANSWER: 051")` -> ".x"
-    when the terms are 43, +5, -3."""
-    terms = _signed_terms(problem)
+    `a [label] +/- d = b` or `a [label] * m = b` are skipped.
+    `line_kinds(p, "043 a + 5 = 048\\n048 b - 3 = 051\\nANSWER: 051")` -> ".x" when the terms are 43, +5, -3."""
+    terms, modulus = _signed_terms(problem), _modulus(problem)
     by_label = dict(zip(term_labels(problem), terms[1:]))
-    true, kinds = terms[0], []
+    true, kinds = int(terms[0]), []
     for parsed in map(_parse_line, text.strip().splitlines()):
         if parsed is None:
             continue
         a, label, step, b = parsed
-        true += by_label.get(label, step)
-        follows = b == a + step
+        true = apply_term(true, by_label.get(label, step), modulus)
+        follows = b == apply_term(a, step, modulus)
         kinds.append("." if follows and b == true else "f" if follows else "S" if b == true else "x")
     return "".join(kinds)
 

@@ -183,6 +183,23 @@ def test_base_examples_slip_at_the_set_rate_and_the_presets_use_slips_on_short_c
         RegimeSettings(slip_rate=0.3, early_slip_rate=0.1)
 
 
+def test_a_multiplying_regime_reaches_the_base_the_splits_and_the_teacher():
+    """regime.multiply_prob flows into every stage's problems: the base's chains and the splits multiply (totals
+    modulo 1,000), and the slipping teacher's right answers still follow (1 - slip_rate) ** lines."""
+    from prefixrl.tasks.arith import ArithVerifier, chain_is_sound
+
+    s = RegimeSettings(levels=(2, 5), per_level=300, multiply_prob=0.3, slip_rate=0.3, clean_steps=10, sft_steps=20)
+    examples = base_examples(s)
+    assert all(p.metadata["modulus"] == 1000 for p, _ in examples)
+    assert 0.2 < sum(t.count(" * ") for _, t in examples) / sum(t.count(" = ") for _, t in examples) < 0.4
+    right = [ArithVerifier()(p, t) for p, t in examples if p.metadata["num_terms"] == 5]
+    assert abs(sum(right) / len(right) - 0.7**4) < 0.07
+    assert all(chain_is_sound(p, t) for p, t in base_examples(replace(s, slip_rate=0.0, clean_steps=0)))
+    splits = make_bench_splits(replace(s, train_hard=40, heldout_hard=10, heldout_medium=10), hard=5, medium=2,
+                               exclude=set())  # fmt: skip
+    assert any(isinstance(t, str) for p in splits["train_hard"] for t in p.metadata["terms"])
+
+
 def test_train_base_uses_the_early_teacher_then_the_slipping_one(tmp_path, monkeypatch):
     """The first clean_steps draw from chains slipped at early_slip_rate (sound at 0), the rest at slip_rate."""
     import prefixrl.pipeline

@@ -148,6 +148,67 @@ def test_slipped_solutions_are_deterministic_per_problem():
                                                                                                           cfg=cfg)]
 
 
+MUL = ArithConfig(terms={"hard": 6}, sizes={}, max_operand=9, first_term_max=999, width=3, labels=True,
+                  multiply_prob=0.4, multipliers=(2, 3))
+
+
+def _left_to_right(prompt: str) -> int:
+    """Oracle: read `Compute 437 a + 5 b * 3.` token by token and apply each operation modulo 1000."""
+    words = prompt.removeprefix("Compute ").rstrip(".").split()
+    total = int(words[0])
+    for op, num in zip(words[2::3], words[3::3]):
+        total = {"+": total + int(num), "-": total - int(num), "*": total * int(num)}[op] % 1000
+    return total
+
+
+def test_multiplying_terms_are_applied_left_to_right_modulo():
+    """With multiply_prob, some terms are `* m`; the answer is the chain applied left to right modulo max_answer + 1
+    (checked against a reading of the prompt text), the worked lines say `* m`, and every solution is sound, right
+    and reaches the answer in another order only where the order does not change it."""
+    rng = random.Random(7)
+    problems = [make_problem(rng, num_terms=6, cfg=MUL, problem_id=f"m{i}", level="hard") for i in range(200)]
+    mults = [t for p in problems for t in p.metadata["terms"][1:] if isinstance(t, str)]
+    assert 0.3 < len(mults) / (5 * len(problems)) < 0.5 and set(mults) == {"*2", "*3"}
+    wrapped = 0
+    for p in problems:
+        assert p.answer == str(_left_to_right(p.prompt)) and p.metadata["modulus"] == 1000
+        chains = solutions(p, num=4, cfg=MUL)
+        for text in chains:
+            assert chain_is_sound(p, text) and ArithVerifier()(p, text) and set(line_kinds(p, text)) == {"."}
+        lines = chains[0].splitlines()[:-1]
+        assert [ln.split()[2] for ln in lines] == [prompt_op for prompt_op in p.prompt.split()[3::3]]
+        wrapped += any(int(ln.split()[0]) * 3 > 999 and ln.split()[2] == "*" for ln in lines)
+    assert wrapped > 20  # the modulo is exercised, not only small totals
+    # a line that multiplies wrong is a slip; one that follows it is `f`; the true value after it is a resync `S`
+    p = Problem(problem_id="x", prompt="Compute 400 a * 3 b + 5.", answer="205",
+                metadata={"terms": [400, "*3", 5], "modulus": 1000})
+    assert _left_to_right(p.prompt) == 205
+    assert line_kinds(p, "400 a * 3 = 200\n200 b + 5 = 205\nANSWER: 205") == ".."
+    assert line_kinds(p, "400 a * 3 = 210\n210 b + 5 = 205\nANSWER: 205") == "xS"
+    assert line_kinds(p, "400 a * 3 = 210\n210 b + 5 = 215\nANSWER: 215") == "xf"
+    assert line_kinds(p, "400 a * 3 = 1200\n1200 b + 5 = 1205\nANSWER: 205") == "xx"  # the modulo forgotten
+    assert trace_kind(p, "400 a * 3 = 210\n210 b + 5 = 205\nANSWER: 205") == "wrong_line"
+    assert not chain_is_sound(p, "400 b + 5 = 405\n405 a * 3 = 215\nANSWER: 215")  # right lines, wrong order
+    assert chain_is_sound(p, "400 a * 3 = 200\n200 b + 5 = 205\nANSWER: 205")
+
+
+def test_multiplying_chains_slip_over_the_whole_range():
+    p = make_problem(random.Random(3), num_terms=6, cfg=MUL, problem_id="s", level="hard")
+    texts = slipped_solutions(p, num=1, cfg=MUL, slip_rate=0.5) + [
+        t for i in range(300) for t in slipped_solutions(Problem(problem_id=f"s{i}", prompt=p.prompt, answer=p.answer,
+                                                                 metadata=p.metadata), num=1, cfg=MUL, slip_rate=0.5)
+    ]  # fmt: skip
+    kinds = "".join(line_kinds(p, t) for t in texts)
+    assert 0.45 < kinds.count("x") / len(kinds) < 0.55  # x: a line that does not follow
+    for t in texts:  # each line follows from the written total, so a chain is sound iff it never slipped
+        assert set(line_kinds(p, t)) <= {".", "x", "f", "S"}
+        assert all(0 <= int(ln.split()[-1]) <= 999 for ln in t.splitlines()[:-1])
+    with pytest.raises(ValueError, match="multipliers"):
+        ArithConfig(multiply_prob=0.3, multipliers=(1, 2))
+    with pytest.raises(ValueError, match="multiply_prob"):
+        ArithConfig(multiply_prob=1.0)
+
+
 def test_splits_sizes_levels_disjoint_and_deterministic(splits):
     assert {k: len(v) for k, v in splits.items()} == SMALL.sizes
     prompts = [p.prompt for ps in splits.values() for p in ps]
