@@ -12,7 +12,8 @@ and the three figures the comparison rests on.
     source rejection sampling with a cap on train_hard (per-problem attempts, every token charged)
     figures base pass@k on train_hard, the fraction of train_hard with a sourced trace, and the success rate of the
            base conditioned on a 40-80% prefix of a sourced trace; also the fraction of sourced traces whose chain
-           is sound (`chain_is_sound`: not a lucky guess)
+           is sound (`chain_is_sound`: not a lucky guess), and whether the hard problems are equally hard
+           (`prefixrl.bench.difficulty` on the sourcing log)
 
 Every step writes its result under the run directory and is skipped when it exists (the benchmark resumes). Needs
 `megatron_ext.runtime.initialize()`; Megatron and vLLM are imported inside the functions.
@@ -359,8 +360,11 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     verifier, fmt, gen = ArithVerifier(), prompt_formatter(tokenizer), EngineGenerateFn(engine, tokenizer)
     fig_path = out / "regime.json"
     if fig_path.exists():
-        return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits,
-                      figures=json.loads(fig_path.read_text())), engine  # fmt: skip
+        figures = json.loads(fig_path.read_text())
+        if "difficulty" not in figures:  # a figure added since this directory's regime stage: from its sourcing log
+            figures["difficulty"] = difficulty_figures(out, s, splits["train_hard"])
+            fig_path.write_text(json.dumps(figures, indent=1))
+        return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
     ecfg = EvalConfig(num_samples=s.probe_k, temperature=1.0, max_tokens=s.gen_tokens, seed=s.seed + 3)
     t0 = time.perf_counter()
     base_eval = {name: evaluate(ps, generate_fn=gen, verifier=verifier, format_prompt=fmt, cfg=ecfg).pass_at_k
@@ -391,11 +395,31 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
                                       if p.problem_id in progress) / len(splits["train_hard"]),
         "sound_trace_fraction": kinds.count("sound") / max(1, len(kinds)),
         "sourced_trace_kinds": {k: kinds.count(k) for k in TRACE_KINDS},
-        "prefix_success": success["all"], "prefix_success_by_trace": success, "wall_s": wall,
+        "prefix_success": success["all"], "prefix_success_by_trace": success,
+        "difficulty": difficulty_figures(out, s, splits["train_hard"]), "wall_s": wall,
         "base": {k: v for k, v in base_info.items() if k != "loss_curve"}, "probe": probe,
     }  # fmt: skip
     fig_path.write_text(json.dumps(figures, indent=1))
     return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
+
+
+def difficulty_figures(out: Path, s: RegimeSettings, train_hard: list[Problem]) -> dict[str, Any]:
+    """Whether train_hard's problems are equally hard for the base, from the sourcing log
+    (`prefixrl.bench.difficulty.geometric_fit` on each problem's first-success round), and the fitted per-sample
+    success rate by the number of multiplying terms of a problem (when the task multiplies)."""
+    from prefixrl.bench.difficulty import first_success_rounds, geometric_fit, rates_by_group
+    from prefixrl.sourcer import read_progress
+
+    per_round = min(64, s.source_cap)  # the samples_per_round of build_regime's sourcing
+    progress, _ = read_progress(out / "traces")
+    rounds = first_success_rounds({p.problem_id: (progress[p.problem_id].num_attempts, progress[p.problem_id].solved)
+                                   for p in train_hard}, per_round)  # fmt: skip
+    max_rounds = -(-s.source_cap // per_round)
+    fit = geometric_fit(list(rounds.values()), max_rounds=max_rounds, samples_per_round=per_round)
+    if s.multiply_prob > 0:
+        mults = {p.problem_id: sum(isinstance(t, str) for t in p.metadata["terms"]) for p in train_hard}
+        fit["by_multiplications"] = rates_by_group(rounds, mults, max_rounds=max_rounds, samples_per_round=per_round)
+    return fit
 
 
 def prefix_success(out: Path, s: RegimeSettings, solved: list[Problem], *, engine: Any, tokenizer: Any,

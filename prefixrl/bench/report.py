@@ -206,6 +206,13 @@ def regime_markdown(regime: dict[str, Any]) -> str:
     if kinds:
         lines.append(f"| sourced traces: {', '.join(kinds)} (`trace_kind`) | - | "
                      f"{' / '.join(str(n) for n in kinds.values())} | - |")
+    diff = regime.get("difficulty")
+    if diff:
+        lines.append(f"| equally hard? first-success rounds vs one geometric law (`difficulty.geometric_fit`) | - | "
+                     f"chi2 {diff['chi2']:.1f} on {diff['dof']} dof, p = {diff['p_value']:.3g} | - |")
+        for g, row in diff.get("by_multiplications", {}).items():
+            lines.append(f"| problems with {g} multiplying terms ({row['problems']}): sourced, success per sample | "
+                         f"- | {row['sourced']:.3f}, {row['p_per_sample']:.4f} | - |")
     lines.append(f"\nbase: {regime.get('base_checkpoint', 'base')}, hard level: {regime['hard_level_terms']} terms, "
                  f"medium level: {regime['medium_level_terms']} terms, source cap {regime['source_cap']}, "
                  f"k = {regime['k']}\n")

@@ -142,6 +142,11 @@ def test_regime_markdown_marks_unmet_targets():
     assert "| prefix_success from sound traces (3 prefixes) | - | 0.400 | - |" in text
     assert "| prefix_success from unsound traces (0 prefixes) | - | nan | - |" in text
     assert "| sourced traces: sound, wrong_line, other (`trace_kind`) | - | 3 / 0 / 1 | - |" in text
+    regime["difficulty"] = {"chi2": 2.53, "dof": 7, "p_value": 0.925,
+                            "by_multiplications": {"0": {"problems": 60, "sourced": 0.95, "p_per_sample": 0.0081}}}
+    text = regime_markdown(regime)
+    assert "| chi2 2.5 on 7 dof, p = 0.925 | - |" in text
+    assert "| problems with 0 multiplying terms (60): sourced, success per sample | - | 0.950, 0.0081 | - |" in text
 
 
 def test_splits_are_disjoint_from_the_base_corpus_and_have_the_levels():

@@ -170,3 +170,14 @@ def test_config_errors(tmp_path):
         _cfg(tmp_path, rank=2, world_size=2)
     with pytest.raises(ValueError, match="max_attempts"):
         SourcerConfig(out_dir=str(tmp_path), model="m", tokenizer="t", max_attempts=0)
+
+
+def test_first_success_rounds_read_off_the_sourcing_log(tmp_path):
+    """The equal-difficulty test (`prefixrl.bench.difficulty`) reads each problem's first-success round from the
+    attempts the sourcer spent: whole rounds of samples_per_round, stopping at the first trace."""
+    from prefixrl.bench.difficulty import first_success_rounds
+
+    run_sourcer(_cfg(tmp_path), _problems(), generate_fn=FakeModel(), verifier=_verify, format_prompt=_fmt)
+    progress, _ = read_progress(tmp_path)
+    rounds = first_success_rounds({k: (p.num_attempts, p.solved) for k, p in progress.items()}, 4)
+    assert rounds == {f"p{i}": None if s is None else s // 4 + 1 for i, s in SUCCESS_AT.items()}

@@ -1,0 +1,96 @@
+"""Is every hard problem equally hard? A test on the sourcing log, and per-group rates.
+
+Rejection sampling draws rounds of `samples_per_round` attempts per problem until the first right answer (or the
+cap). If every problem had the same success probability p per sample, the round of each problem's first success
+would follow one geometric law (censored at the last round); problems of unequal difficulty spread wider than that
+(many early, and more never). `geometric_fit` fits the one law and gives the chi-square of the counts against it:
+
+    fit = geometric_fit([1, 3, None, 2, 1, ...], max_rounds=8, samples_per_round=64)
+    fit["p_value"]     # small: the problems are not equally hard; large: indistinguishable from equally hard
+
+The paper's selection rule (keep the problems with no success in k base samples) selects the hardest problems only
+when they differ; on a level where they do not, it keeps a random subset (docs/reproduction.md, session 10).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def chi2_sf(x: float, dof: int) -> float:
+    """P(X >= x) for X chi-square with `dof` degrees of freedom (the regularized upper incomplete gamma
+    Q(dof / 2, x / 2); series below a + 1, continued fraction above)."""
+    if dof < 1:
+        raise ValueError(f"dof={dof} must be >= 1")
+    a, z = dof / 2.0, x / 2.0
+    if z <= 0:
+        return 1.0
+    log_front = a * math.log(z) - z - math.lgamma(a)
+    if z < a + 1.0:  # P(a, z) = front / a * sum_n z^n / ((a + 1) ... (a + n))
+        term = total = 1.0 / a
+        n = 0
+        while abs(term) > 1e-15 * abs(total) and n < 10_000:
+            n += 1
+            term *= z / (a + n)
+            total += term
+        return max(0.0, 1.0 - math.exp(log_front) * total)
+    b, c, d = z + 1.0 - a, 1e300, 1.0 / (z + 1.0 - a)  # modified Lentz for Q(a, z)
+    h = d
+    for i in range(1, 10_000):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = 1e-300 if abs(d) < 1e-300 else d
+        c = b + an / c
+        c = 1e-300 if abs(c) < 1e-300 else c
+        d = 1.0 / d
+        h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return min(1.0, math.exp(log_front) * h)
+
+
+def first_success_rounds(attempts: Mapping[str, tuple[int, bool]], samples_per_round: int) -> dict[str, int | None]:
+    """problem id -> the round (1-based) of its first right answer, or None if never; `attempts`: problem id ->
+    (attempts spent, solved), from a sourcer that stops a problem at its first trace."""
+    return {pid: -(-n // samples_per_round) if solved else None for pid, (n, solved) in attempts.items()}
+
+
+def geometric_fit(rounds: Sequence[int | None], *, max_rounds: int, samples_per_round: int) -> dict[str, Any]:
+    """Fit one success probability to every problem's first-success round (None: no success in `max_rounds`).
+
+    Returns {"problems", "counts" (per round 1..max_rounds, then never), "expected" (the same under the fitted
+    law), "q_per_round", "p_per_sample", "chi2", "dof" (max_rounds - 1: max_rounds + 1 bins, one fitted parameter),
+    "p_value"}. The maximum-likelihood q of the censored geometric law is solved / (sum of solved rounds +
+    max_rounds * unsolved)."""
+    if max_rounds < 2:
+        raise ValueError(f"max_rounds={max_rounds}: the test needs at least 2 rounds (cap / samples_per_round)")
+    bad = [r for r in rounds if r is not None and not 1 <= r <= max_rounds]
+    if bad:
+        raise ValueError(f"rounds {bad[:5]} lie outside 1..max_rounds={max_rounds}")
+    n = len(rounds)
+    solved = [r for r in rounds if r is not None]
+    counts = [solved.count(r) for r in range(1, max_rounds + 1)] + [n - len(solved)]
+    exposure = sum(solved) + max_rounds * (n - len(solved))
+    q = len(solved) / exposure if exposure else 0.0
+    expected = [n * q * (1 - q) ** (r - 1) for r in range(1, max_rounds + 1)] + [n * (1 - q) ** max_rounds]
+    chi2 = sum((c - e) ** 2 / e for c, e in zip(counts, expected) if e > 0)
+    dof = max_rounds - 1
+    return {"problems": n, "counts": counts, "expected": [round(e, 2) for e in expected], "q_per_round": q,
+            "p_per_sample": 1 - (1 - q) ** (1 / samples_per_round), "chi2": chi2, "dof": dof,
+            "p_value": chi2_sf(chi2, dof)}  # fmt: skip
+
+
+def rates_by_group(rounds: Mapping[str, int | None], groups: Mapping[str, Any], *, max_rounds: int,
+                   samples_per_round: int) -> dict[str, dict[str, float]]:
+    """Per group (e.g. the number of multiplying terms of each problem): problems, the fraction sourced, and the
+    fitted per-sample success probability of `geometric_fit` on that group alone."""
+    out: dict[str, dict[str, float]] = {}
+    for g in sorted(set(groups.values())):
+        rs = [r for pid, r in rounds.items() if groups[pid] == g]
+        fit = geometric_fit(rs, max_rounds=max_rounds, samples_per_round=samples_per_round)
+        out[str(g)] = {"problems": len(rs), "sourced": sum(r is not None for r in rs) / len(rs),
+                       "p_per_sample": fit["p_per_sample"]}  # fmt: skip
+    return out

@@ -1,0 +1,51 @@
+"""The equal-difficulty test on sourcing logs (`prefixrl.bench.difficulty`)."""
+
+import math
+import random
+
+import pytest
+
+from prefixrl.bench.difficulty import chi2_sf, first_success_rounds, geometric_fit, rates_by_group
+
+
+def test_chi2_sf_matches_table_values():
+    # critical values from a chi-square table (upper 5 % and 1 % points) and the closed form for 2 dof
+    for x, dof, want in [(3.841, 1, 0.05), (14.067, 7, 0.05), (18.475, 7, 0.01), (67.505, 50, 0.05)]:
+        assert chi2_sf(x, dof) == pytest.approx(want, abs=2e-4)
+    for x in (0.3, 2.0, 9.0, 40.0):
+        assert chi2_sf(x, 2) == pytest.approx(math.exp(-x / 2), rel=1e-9)
+    assert chi2_sf(0.0, 3) == 1.0
+    with pytest.raises(ValueError, match="dof=0"):
+        chi2_sf(1.0, 0)
+
+
+def _rounds(ps: list[float], *, per_round: int, max_rounds: int, rng: random.Random) -> list[int | None]:
+    out: list[int | None] = []
+    for p in ps:
+        q = 1 - (1 - p) ** per_round
+        out.append(next((r for r in range(1, max_rounds + 1) if rng.random() < q), None))
+    return out
+
+
+def test_equal_problems_pass_the_test_and_mixed_ones_fail_it():
+    rng = random.Random(0)
+    same = _rounds([0.005] * 400, per_round=64, max_rounds=8, rng=rng)
+    fit = geometric_fit(same, max_rounds=8, samples_per_round=64)
+    assert fit["p_value"] > 0.05 and fit["p_per_sample"] == pytest.approx(0.005, rel=0.15)
+    assert sum(fit["counts"]) == 400 and sum(fit["expected"]) == pytest.approx(400, abs=0.1)
+    mixed = _rounds([0.03] * 200 + [0.0005] * 200, per_round=64, max_rounds=8, rng=rng)
+    assert geometric_fit(mixed, max_rounds=8, samples_per_round=64)["p_value"] < 1e-6
+    ids = [f"q{i}" for i in range(400)]
+    by = rates_by_group(dict(zip(ids, mixed)), {pid: "easy" if i < 200 else "hard" for i, pid in enumerate(ids)},
+                        max_rounds=8, samples_per_round=64)  # fmt: skip
+    assert by["easy"]["sourced"] == 1.0 and by["hard"]["p_per_sample"] == pytest.approx(0.0005, rel=0.35)
+    assert by["easy"]["problems"] == by["hard"]["problems"] == 200
+
+
+def test_first_success_rounds_and_errors():
+    assert first_success_rounds({"a": (64, True), "b": (130, True), "c": (512, False)}, 64) == {"a": 1, "b": 3,
+                                                                                                 "c": None}
+    with pytest.raises(ValueError, match="outside 1..max_rounds=8"):
+        geometric_fit([1, 9], max_rounds=8, samples_per_round=64)
+    with pytest.raises(ValueError, match="max_rounds=1"):
+        geometric_fit([1], max_rounds=1, samples_per_round=64)
