@@ -160,12 +160,13 @@ def _check_settings_file(out: Path, s: BenchSettings) -> None:
     """A directory belongs to one regime and one set of RL settings; refuse to mix two. Seeds may grow and the
     methods may change: a (method, seed) run depends only on those settings and on its seed's PrefixRL run, so a
     method added later runs against the same budgets and the finished runs are kept (the report lists the methods
-    named this time)."""
+    named this time). Until a method has finished a run, the RL settings may change too: a directory that holds
+    only a regime stage (e.g. from --regime-only) takes the methods with any RL settings."""
     path = out / "settings.json"
     new = asdict(s)
     if path.exists():
         old = _with_new_defaults(json.loads(path.read_text()), json.loads(json.dumps(asdict(BenchSettings()))))
-        free = ("seeds", "methods")
+        free = ("seeds", "methods") if any((out / "runs").glob("*/seed*.json")) else ("seeds", "methods", "rl")
         if {k: v for k, v in old.items() if k not in free} != json.loads(json.dumps({k: v for k, v in new.items()
                                                                                        if k not in free})):
             raise FileExistsError(f"{out} holds a benchmark with other settings ({path}); choose a new --out")

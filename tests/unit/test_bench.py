@@ -49,8 +49,13 @@ def test_settings_file_refuses_other_settings_but_allows_more_seeds_and_other_me
     _check_settings_file(tmp_path, replace(s, seeds=3))
     _check_settings_file(tmp_path, replace(s, methods=("prefixrl", "rl", "prefixed_only")))
     assert json.loads((tmp_path / "settings.json").read_text())["methods"] == ["prefixrl", "rl", "prefixed_only"]
-    with pytest.raises(FileExistsError, match="other settings"):
-        _check_settings_file(tmp_path, replace(s, rl=replace(s.rl, n=16)))
+    with pytest.raises(FileExistsError, match="other settings"):  # the regime, even before any method ran
+        _check_settings_file(tmp_path, replace(s, regime=replace(s.regime, source_cap=7)))
+    _check_settings_file(tmp_path, replace(s, rl=replace(s.rl, n=16)))  # no method has run: a regime stage only
+    (tmp_path / "runs" / "prefixrl").mkdir(parents=True)
+    (tmp_path / "runs" / "prefixrl" / "seed0.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="other settings"):  # n=16 is now what the finished run used
+        _check_settings_file(tmp_path, s)
 
 
 def test_settings_file_written_before_a_field_existed_resumes_at_its_default(tmp_path):
