@@ -331,7 +331,7 @@ def _bench_reproduce(args: argparse.Namespace) -> None:
             print(f"prefix success from sound traces {by['sound']:.3f} ({by['sound_traces']} prefixes), from "
                   f"unsound ones {by['unsound']:.3f} ({by['unsound_traces']}); sourced trace kinds "
                   f"{reg['sourced_trace_kinds']}")
-        if "difficulty" in reg:
+        if reg.get("difficulty"):
             d = reg["difficulty"]
             print(f"equally hard? first-success rounds vs one geometric law: chi2 {d['chi2']:.1f} on {d['dof']} dof, "
                   f"p = {d['p_value']:.3g}; by multiplying terms {d.get('by_multiplications', '-')}")

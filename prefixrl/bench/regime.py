@@ -403,10 +403,11 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
 
 
-def difficulty_figures(out: Path, s: RegimeSettings, train_hard: list[Problem]) -> dict[str, Any]:
+def difficulty_figures(out: Path, s: RegimeSettings, train_hard: list[Problem]) -> dict[str, Any] | None:
     """Whether train_hard's problems are equally hard for the base, from the sourcing log
     (`prefixrl.bench.difficulty.geometric_fit` on each problem's first-success round), and the fitted per-sample
-    success rate by the number of multiplying terms of a problem (when the task multiplies)."""
+    success rate by the number of multiplying terms of a problem (when the task multiplies). None when the sourcing
+    cap is a single round (at most 64 attempts, e.g. the smoke preset): one round leaves no degree of freedom."""
     from prefixrl.bench.difficulty import first_success_rounds, geometric_fit, rates_by_group
     from prefixrl.sourcer import read_progress
 
@@ -415,6 +416,9 @@ def difficulty_figures(out: Path, s: RegimeSettings, train_hard: list[Problem]) 
     rounds = first_success_rounds({p.problem_id: (progress[p.problem_id].num_attempts, progress[p.problem_id].solved)
                                    for p in train_hard}, per_round)  # fmt: skip
     max_rounds = -(-s.source_cap // per_round)
+    if max_rounds < 2:
+        logger.info("regime: no equal-difficulty test, the sourcing cap (%d) is one round", s.source_cap)
+        return None
     fit = geometric_fit(list(rounds.values()), max_rounds=max_rounds, samples_per_round=per_round)
     if s.multiply_prob > 0:
         mults = {p.problem_id: sum(isinstance(t, str) for t in p.metadata["terms"]) for p in train_hard}

@@ -206,8 +206,11 @@ def regime_markdown(regime: dict[str, Any]) -> str:
     if kinds:
         lines.append(f"| sourced traces: {', '.join(kinds)} (`trace_kind`) | - | "
                      f"{' / '.join(str(n) for n in kinds.values())} | - |")
-    diff = regime.get("difficulty")
-    if diff:
+    diff = regime.get("difficulty", {})
+    if diff is None:
+        lines.append("| equally hard? (`difficulty.geometric_fit`) | - | not measured: the sourcing cap is one round "
+                     "| - |")
+    elif diff:
         lines.append(f"| equally hard? first-success rounds vs one geometric law (`difficulty.geometric_fit`) | - | "
                      f"chi2 {diff['chi2']:.1f} on {diff['dof']} dof, p = {diff['p_value']:.3g} | - |")
         for g, row in diff.get("by_multiplications", {}).items():

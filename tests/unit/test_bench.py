@@ -152,6 +152,7 @@ def test_regime_markdown_marks_unmet_targets():
     text = regime_markdown(regime)
     assert "| chi2 2.5 on 7 dof, p = 0.925 | - |" in text
     assert "| problems with 0 multiplying terms (60): sourced, success per sample | - | 0.950, 0.0081 | - |" in text
+    assert "not measured: the sourcing cap is one round" in regime_markdown(regime | {"difficulty": None})
 
 
 def test_splits_are_disjoint_from_the_base_corpus_and_have_the_levels():
