@@ -62,9 +62,10 @@ def geometric_fit(rounds: Sequence[int | None], *, max_rounds: int, samples_per_
     """Fit one success probability to every problem's first-success round (None: no success in `max_rounds`).
 
     Returns {"problems", "counts" (per round 1..max_rounds, then never), "expected" (the same under the fitted
-    law), "q_per_round", "p_per_sample", "chi2", "dof" (max_rounds - 1: max_rounds + 1 bins, one fitted parameter),
-    "p_value"}. The maximum-likelihood q of the censored geometric law is solved / (sum of solved rounds +
-    max_rounds * unsolved)."""
+    law), "q_per_round", "p_per_sample", "chi2", "dof", "p_value", "bins"}. The maximum-likelihood q of the censored
+    geometric law is solved / (sum of solved rounds + max_rounds * unsolved). The chi-square merges the late rounds
+    whose expected count is under 5 into the "never" bin (the usual validity rule; "bins" is how many are left);
+    dof = bins - 2 (one fitted parameter)."""
     if max_rounds < 2:
         raise ValueError(f"max_rounds={max_rounds}: the test needs at least 2 rounds (cap / samples_per_round)")
     bad = [r for r in rounds if r is not None and not 1 <= r <= max_rounds]
@@ -76,11 +77,15 @@ def geometric_fit(rounds: Sequence[int | None], *, max_rounds: int, samples_per_
     exposure = sum(solved) + max_rounds * (n - len(solved))
     q = len(solved) / exposure if exposure else 0.0
     expected = [n * q * (1 - q) ** (r - 1) for r in range(1, max_rounds + 1)] + [n * (1 - q) ** max_rounds]
-    chi2 = sum((c - e) ** 2 / e for c, e in zip(counts, expected) if e > 0)
-    dof = max_rounds - 1
+    keep = max_rounds  # rounds kept as their own bins; the rest join "never"
+    while keep > 1 and (expected[keep - 1] < 5 or sum(expected[keep:]) < 5):
+        keep -= 1
+    binned = [(c, e) for c, e in zip(counts[:keep], expected[:keep])] + [(sum(counts[keep:]), sum(expected[keep:]))]
+    chi2 = sum((c - e) ** 2 / e for c, e in binned if e > 0)
+    dof = max(1, len(binned) - 2)
     return {"problems": n, "counts": counts, "expected": [round(e, 2) for e in expected], "q_per_round": q,
             "p_per_sample": 1 - (1 - q) ** (1 / samples_per_round), "chi2": chi2, "dof": dof,
-            "p_value": chi2_sf(chi2, dof)}  # fmt: skip
+            "p_value": chi2_sf(chi2, dof), "bins": len(binned)}  # fmt: skip
 
 
 def rates_by_group(rounds: Mapping[str, int | None], groups: Mapping[str, Any], *, max_rounds: int,

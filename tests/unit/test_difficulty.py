@@ -33,6 +33,10 @@ def test_equal_problems_pass_the_test_and_mixed_ones_fail_it():
     fit = geometric_fit(same, max_rounds=8, samples_per_round=64)
     assert fit["p_value"] > 0.05 and fit["p_per_sample"] == pytest.approx(0.005, rel=0.15)
     assert sum(fit["counts"]) == 400 and sum(fit["expected"]) == pytest.approx(400, abs=0.1)
+    long_cap = geometric_fit(_rounds([0.005] * 256, per_round=64, max_rounds=16, rng=rng), max_rounds=16,
+                             samples_per_round=64)  # fmt: skip
+    assert long_cap["bins"] < 17 and long_cap["dof"] == long_cap["bins"] - 2  # sparse late rounds join "never"
+    assert long_cap["p_value"] > 0.05
     mixed = _rounds([0.03] * 200 + [0.0005] * 200, per_round=64, max_rounds=8, rng=rng)
     assert geometric_fit(mixed, max_rounds=8, samples_per_round=64)["p_value"] < 1e-6
     ids = [f"q{i}" for i in range(400)]
