@@ -58,7 +58,8 @@ class RegimeSettings:
     multiply_prob: float = 0.0
     """Probability that a term after the first multiplies the running total (`ArithConfig.multiply_prob`: totals
     modulo max_answer + 1, so the answer is not the sum of the prompt's numbers and cannot be read off the prompt
-    without the chain). 0 (the default) reproduces earlier run directories; the `mul` presets set it."""
+    without the chain). 0 (the default) reproduces earlier run directories; no preset sets it yet (the trial
+    commands are in docs/reproduction.md, session 11)."""
     multipliers: tuple[int, ...] = (2, 3)
     """Factors of the multiplying terms (`ArithConfig.multipliers`)."""
     labels: bool = True
