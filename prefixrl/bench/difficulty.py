@@ -20,36 +20,14 @@ from typing import Any
 
 
 def chi2_sf(x: float, dof: int) -> float:
-    """P(X >= x) for X chi-square with `dof` degrees of freedom (the regularized upper incomplete gamma
-    Q(dof / 2, x / 2); series below a + 1, continued fraction above)."""
+    """P(X >= x) for X chi-square with `dof` degrees of freedom: the regularized upper incomplete gamma
+    Q(dof / 2, x / 2) (`torch.special.gammaincc`)."""
+    import torch
+
     if dof < 1:
         raise ValueError(f"dof={dof} must be >= 1")
-    a, z = dof / 2.0, x / 2.0
-    if z <= 0:
-        return 1.0
-    log_front = a * math.log(z) - z - math.lgamma(a)
-    if z < a + 1.0:  # P(a, z) = front / a * sum_n z^n / ((a + 1) ... (a + n))
-        term = total = 1.0 / a
-        n = 0
-        while abs(term) > 1e-15 * abs(total) and n < 10_000:
-            n += 1
-            term *= z / (a + n)
-            total += term
-        return max(0.0, 1.0 - math.exp(log_front) * total)
-    b, c, d = z + 1.0 - a, 1e300, 1.0 / (z + 1.0 - a)  # modified Lentz for Q(a, z)
-    h = d
-    for i in range(1, 10_000):
-        an = -i * (i - a)
-        b += 2.0
-        d = an * d + b
-        d = 1e-300 if abs(d) < 1e-300 else d
-        c = b + an / c
-        c = 1e-300 if abs(c) < 1e-300 else c
-        d = 1.0 / d
-        h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return min(1.0, math.exp(log_front) * h)
+    a, z = torch.tensor(dof / 2.0, dtype=torch.float64), torch.tensor(max(x, 0.0) / 2.0, dtype=torch.float64)
+    return float(torch.special.gammaincc(a, z))
 
 
 def first_success_rounds(attempts: Mapping[str, tuple[int, bool]], samples_per_round: int) -> dict[str, int | None]:
@@ -65,7 +43,7 @@ def geometric_fit(rounds: Sequence[int | None], *, max_rounds: int, samples_per_
     law), "q_per_round", "p_per_sample", "chi2", "dof", "p_value", "bins"}. The maximum-likelihood q of the censored
     geometric law is solved / (sum of solved rounds + max_rounds * unsolved). The chi-square merges the late rounds
     whose expected count is under 5 into the "never" bin (the usual validity rule; "bins" is how many are left);
-    dof = bins - 2 (one fitted parameter)."""
+    dof = bins - 2 (one fitted parameter; p_value nan at 0)."""
     if max_rounds < 2:
         raise ValueError(f"max_rounds={max_rounds}: the test needs at least 2 rounds (cap / samples_per_round)")
     bad = [r for r in rounds if r is not None and not 1 <= r <= max_rounds]
@@ -82,10 +60,10 @@ def geometric_fit(rounds: Sequence[int | None], *, max_rounds: int, samples_per_
         keep -= 1
     binned = [(c, e) for c, e in zip(counts[:keep], expected[:keep])] + [(sum(counts[keep:]), sum(expected[keep:]))]
     chi2 = sum((c - e) ** 2 / e for c, e in binned if e > 0)
-    dof = max(1, len(binned) - 2)
+    dof = len(binned) - 2  # 0 when so few problems that only one round keeps 5 expected: no test (p nan)
     return {"problems": n, "counts": counts, "expected": [round(e, 2) for e in expected], "q_per_round": q,
             "p_per_sample": 1 - (1 - q) ** (1 / samples_per_round), "chi2": chi2, "dof": dof,
-            "p_value": chi2_sf(chi2, dof), "bins": len(binned)}  # fmt: skip
+            "p_value": chi2_sf(chi2, dof) if dof >= 1 else math.nan, "bins": len(binned)}  # fmt: skip
 
 
 def rates_by_group(rounds: Mapping[str, int | None], groups: Mapping[str, Any], *, max_rounds: int,

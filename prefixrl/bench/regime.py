@@ -372,7 +372,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
                  for name, ps in splits.items()}  # fmt: skip
     wall = {"base_eval": time.perf_counter() - t0}
     run_sourcer(SourcerConfig(out_dir=str(out / "traces"), model="bench-base", tokenizer=tokenizer_name(tokenizer),
-                              max_attempts=s.source_cap, samples_per_round=min(64, s.source_cap),
+                              max_attempts=s.source_cap, samples_per_round=sourcing_round(s),
                               problems_per_round=64, max_tokens=s.gen_tokens, seed=s.seed, keep_logprobs=True),
                 splits["train_hard"], generate_fn=gen, verifier=verifier, format_prompt=fmt)  # fmt: skip
     wall["sourcing"] = time.perf_counter() - t0 - wall["base_eval"]
@@ -404,6 +404,12 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
 
 
+def sourcing_round(s: RegimeSettings) -> int:
+    """Samples per problem per sourcing round (the sourcer's samples_per_round; the difficulty test reads the
+    rounds back from the attempts)."""
+    return min(64, s.source_cap)
+
+
 def difficulty_figures(out: Path, s: RegimeSettings, train_hard: list[Problem]) -> dict[str, Any] | None:
     """Whether train_hard's problems are equally hard for the base, from the sourcing log
     (`prefixrl.bench.difficulty.geometric_fit` on each problem's first-success round), and the fitted per-sample
@@ -412,7 +418,7 @@ def difficulty_figures(out: Path, s: RegimeSettings, train_hard: list[Problem]) 
     from prefixrl.bench.difficulty import first_success_rounds, geometric_fit, rates_by_group
     from prefixrl.sourcer import read_progress
 
-    per_round = min(64, s.source_cap)  # the samples_per_round of build_regime's sourcing
+    per_round = sourcing_round(s)
     progress, _ = read_progress(out / "traces")
     rounds = first_success_rounds({p.problem_id: (progress[p.problem_id].num_attempts, progress[p.problem_id].solved)
                                    for p in train_hard}, per_round)  # fmt: skip

@@ -49,6 +49,8 @@ def test_equal_problems_pass_the_test_and_mixed_ones_fail_it():
 def test_first_success_rounds_and_errors():
     assert first_success_rounds({"a": (64, True), "b": (130, True), "c": (512, False)}, 64) == {"a": 1, "b": 3,
                                                                                                  "c": None}
+    tiny = geometric_fit([1, 2, None, 1, 3, None], max_rounds=8, samples_per_round=64)
+    assert tiny["bins"] == 2 and tiny["dof"] == 0 and math.isnan(tiny["p_value"])  # too few problems for a test
     with pytest.raises(ValueError, match="outside 1..max_rounds=8"):
         geometric_fit([1, 9], max_rounds=8, samples_per_round=64)
     with pytest.raises(ValueError, match="max_rounds=1"):
