@@ -72,7 +72,7 @@ class RLSettings:
     """PrefixRL evaluates every that many steps, every other method at the same FLOPs intervals (and all at the
     start and the end)."""
     eval_samples: int = 8
-    """Samples per problem in evaluation (unprefixed, temperature 1)."""
+    """Samples per problem in evaluation (unprefixed, at the regime's sampling temperature)."""
     eval_problems: int = 64
     """Problems per evaluation split (the first ones)."""
 
@@ -101,6 +101,9 @@ class Context:
     """Non-embedding parameters N of the policy."""
     sft_examples: list[tuple[Problem, str]] = field(default_factory=list)
     """The base model's own SFT data (more_base)."""
+    temperature: float = 1.0
+    """Sampling temperature of rollouts and evaluations (`RegimeSettings.temperature`); the policy divides its
+    logits by it too, in RL and SFT alike."""
     budget: float = 0.0
     """FLOPs every method may spend, sourcing included where charged: the prefixrl run's total, set by that run in
     each seed (0 while prefixrl itself runs)."""
@@ -133,14 +136,16 @@ def _policy(ctx: Context, *, lr: float) -> Any:
 
     return MegatronPolicy(PolicyConfig(model=ctx.base_dir, micro_batch_size=64, max_seq_len=SYNTHETIC_MAX_LEN,
                                        max_tokens_per_microbatch=64 * SYNTHETIC_MAX_LEN,  # any batch size divides
-                                       optim=OptimizerSettings(lr=lr, warmup_steps=2, weight_decay=0.0)))  # fmt: skip
+                                       optim=OptimizerSettings(lr=lr, warmup_steps=2, weight_decay=0.0),
+                                       temperature=ctx.temperature))  # fmt: skip
 
 
 def _evaluate(ctx: Context, seed: int) -> dict[str, float]:
     from prefixrl.engine.generate import EngineGenerateFn
     from prefixrl.evaluation import EvalConfig, evaluate
 
-    cfg = EvalConfig(num_samples=ctx.s.eval_samples, temperature=1.0, max_tokens=ctx.s.gen_tokens, seed=10_000 + seed)
+    cfg = EvalConfig(num_samples=ctx.s.eval_samples, temperature=ctx.temperature, max_tokens=ctx.s.gen_tokens,
+                     seed=10_000 + seed)
     out = {}
     for name, problems in ctx.eval_splits.items():
         rep = evaluate(problems[: ctx.s.eval_problems], generate_fn=EngineGenerateFn(ctx.engine, ctx.tokenizer),
@@ -247,7 +252,8 @@ def _on_policy(ctx: Context, method: str, seed: int, *, pool: Sequence[PrefixedP
 
     s = ctx.s
     run = run or _Run(ctx, method, seed, uses_traces=uses_traces, lr=s.lr)
-    loop = LoopSettings(steps=0, prompts_per_step=s.prompts_per_step, n=n, max_new_tokens=s.gen_tokens, seed=seed)
+    loop = LoopSettings(steps=0, prompts_per_step=s.prompts_per_step, n=n, max_new_tokens=s.gen_tokens,
+                        temperature=ctx.temperature, seed=seed)
     estimator = get_estimator("reinforce")
     cap = steps if steps is not None else int(s.prefixrl_steps * s.max_steps_factor)
     for i in range(cap):
@@ -277,7 +283,8 @@ def _with_traces(ctx: Context, method: str, seed: int, *, n_on: int,
     s = ctx.s
     pool = [p for p in ctx.pools["unprefixed"] if p.problem.problem_id in ctx.traces]
     run = _Run(ctx, method, seed, uses_traces=True, lr=s.lr)
-    loop = LoopSettings(steps=0, prompts_per_step=s.prompts_per_step, n=n_on, max_new_tokens=s.gen_tokens, seed=seed)
+    loop = LoopSettings(steps=0, prompts_per_step=s.prompts_per_step, n=n_on, max_new_tokens=s.gen_tokens,
+                        temperature=ctx.temperature, seed=seed)
     estimator = get_estimator("reinforce")
     for i in range(int(s.prefixrl_steps * s.max_steps_factor)):
         if run.spent() >= ctx.budget:
@@ -367,7 +374,8 @@ def more_base(ctx: Context, seed: int) -> Curve:
     """Control: more base-model SFT on its own data (worked chains of every level) for the same FLOPs."""
     s = ctx.s
     run = _Run(ctx, "more_base", seed, uses_traces=False, lr=s.sft_lr)
-    data = [(ctx.format_prompt(p), ctx.tokenizer.encode(text) + [ctx.tokenizer.eos_id]) for p, text in ctx.sft_examples]
+    eos = ctx.tokenizer.eos_id
+    data = [(ctx.format_prompt(p), ctx.tokenizer.encode(text) + [eos]) for p, text in ctx.sft_examples]
     _sft_steps(run, data, steps=int(s.prefixrl_steps * s.max_steps_factor * 10), batch=s.sft_batch, seed=seed,
                budget=ctx.budget)  # fmt: skip
     return run.finish()

@@ -124,10 +124,20 @@ class RegimeSettings:
     """Solved problems whose 40-80% prefix success is measured."""
     gen_tokens: int = 224
     """Generation cap of every sampling stage."""
+    temperature: float = 1.0
+    """Sampling temperature of every stage that samples: the level probe, the base evaluation, sourcing, the prefix
+    probe, and every method's rollouts and evaluations (the trainer divides its logits by it too, so the policy that
+    RL and SFT train is the tempered one). The regime's figures hold at this temperature only: on trial 2's
+    multiplying-chains base, 8-term pass@1 is 1.0 % at 1.0, 5.6 % at 0.7 and 16.8 % at 0.5, and 17 / 44 / 74 % of
+    the right answers are sound chains (docs/reproduction.md, session 12). 1.0 (the default) reproduces earlier run
+    directories."""
     seed: int = 0
     """Seed of the task, the tokenizer corpus and the base model."""
 
     def __post_init__(self) -> None:
+        if not self.temperature > 0.0:
+            raise ValueError(f"temperature={self.temperature} must be > 0 (every stage samples; for near-greedy "
+                             "sampling use a small value such as 0.1)")
         if not 0.0 <= self.slip_rate < 1.0:
             raise ValueError(f"slip_rate={self.slip_rate} must be in [0, 1)")
         if not 0.0 <= self.early_slip_rate <= self.slip_rate:
@@ -236,7 +246,8 @@ BASE_FIELDS = ("levels", "per_level", "orders_per_problem", "first_term_max", "m
                "multiply_prob", "multipliers", "labels", "random_label_start", "slip_rate", "clean_steps",
                "early_slip_rate", "width", "sft_steps", "sft_batch", "sft_lr", "checkpoints", "seed")
 """The RegimeSettings fields the base model (and its tokenizer) depends on."""
-PROBE_FIELDS = (*BASE_FIELDS, "probe_problems", "probe_k", "target_pass_at_k", "medium_pass_at_k", "gen_tokens")
+PROBE_FIELDS = (*BASE_FIELDS, "probe_problems", "probe_k", "target_pass_at_k", "medium_pass_at_k", "gen_tokens",
+                "temperature")
 """The fields the level probe depends on as well."""
 
 
@@ -293,7 +304,7 @@ def probe_levels(out: Path, s: RegimeSettings, *, engine: Any, tokenizer: Any) -
     ckpts = [*sorted((out / "checkpoints").glob("step-*")), out / "base"]
     probes = {lv: level_problems(s, level=lv, count=s.probe_problems, tag="probe", seed=s.seed + 2) for lv in s.levels}
     gen, fmt = EngineGenerateFn(engine, tokenizer), prompt_formatter(tokenizer)
-    ecfg = EvalConfig(num_samples=s.probe_k, temperature=1.0, max_tokens=s.gen_tokens, seed=s.seed)
+    ecfg = EvalConfig(num_samples=s.probe_k, temperature=s.temperature, max_tokens=s.gen_tokens, seed=s.seed)
     curve: dict[str, dict[int, float]] = {}
     for ck in ckpts:
         engine.update_weights(iter(hf_tensors(ck)))
@@ -366,14 +377,15 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
             figures["difficulty"] = difficulty_figures(out, s, splits["train_hard"])
             fig_path.write_text(json.dumps(figures, indent=1))
         return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
-    ecfg = EvalConfig(num_samples=s.probe_k, temperature=1.0, max_tokens=s.gen_tokens, seed=s.seed + 3)
+    ecfg = EvalConfig(num_samples=s.probe_k, temperature=s.temperature, max_tokens=s.gen_tokens, seed=s.seed + 3)
     t0 = time.perf_counter()
     base_eval = {name: evaluate(ps, generate_fn=gen, verifier=verifier, format_prompt=fmt, cfg=ecfg).pass_at_k
                  for name, ps in splits.items()}  # fmt: skip
     wall = {"base_eval": time.perf_counter() - t0}
     run_sourcer(SourcerConfig(out_dir=str(out / "traces"), model="bench-base", tokenizer=tokenizer_name(tokenizer),
                               max_attempts=s.source_cap, samples_per_round=sourcing_round(s),
-                              problems_per_round=64, max_tokens=s.gen_tokens, seed=s.seed, keep_logprobs=True),
+                              problems_per_round=64, max_tokens=s.gen_tokens, temperature=s.temperature,
+                              seed=s.seed, keep_logprobs=True),
                 splits["train_hard"], generate_fn=gen, verifier=verifier, format_prompt=fmt)  # fmt: skip
     wall["sourcing"] = time.perf_counter() - t0 - wall["base_eval"]
     progress, _ = read_progress(out / "traces")
@@ -387,7 +399,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     wall["prefix_probe"] = time.perf_counter() - t1
     figures = {
         "base_checkpoint": s.base_checkpoint, "hard_level_terms": hard_level, "medium_level_terms": medium_level,
-        "answer_space": s.max_answer + 1, "train_hard": len(splits["train_hard"]),
+        "answer_space": s.max_answer + 1, "train_hard": len(splits["train_hard"]), "temperature": s.temperature,
         "base_pass_at_k_train_hard": base_eval["train_hard"][s.probe_k],
         "base_pass_at_1": {k: v[1] for k, v in base_eval.items()},
         "base_pass_at_k": {k: v[s.probe_k] for k, v in base_eval.items()}, "k": s.probe_k,
@@ -454,8 +466,8 @@ def prefix_success(out: Path, s: RegimeSettings, solved: list[Problem], *, engin
         cfg=prefixes.PoolConfig(max_prompt_tokens=4096, unprefixed_copies=0, shuffle_seed=s.seed),
         format_prompt=prompt_formatter(tokenizer), policy_tokenizer_name=tokenizer_name(tokenizer),
         policy_tokenizer=tokenizer)  # fmt: skip
-    outs = engine.generate([p.input_ids for p in pool], n=s.probe_k, max_tokens=s.gen_tokens, temperature=1.0,
-                           seed=s.seed + 4)  # fmt: skip
+    outs = engine.generate([p.input_ids for p in pool], n=s.probe_k, max_tokens=s.gen_tokens,
+                           temperature=s.temperature, seed=s.seed + 4)  # fmt: skip
     verifier = ArithVerifier()
     rates: dict[str, list[bool]] = {"all": [], "sound": [], "unsound": []}
     for p, cs in zip(pool, outs):

@@ -218,7 +218,7 @@ def regime_markdown(regime: dict[str, Any]) -> str:
                          f"- | {row['sourced']:.3f}, {row['p_per_sample']:.4f} | - |")
     lines.append(f"\nbase: {regime.get('base_checkpoint', 'base')}, hard level: {regime['hard_level_terms']} terms, "
                  f"medium level: {regime['medium_level_terms']} terms, source cap {regime['source_cap']}, "
-                 f"k = {regime['k']}\n")
+                 f"k = {regime['k']}, sampling temperature {regime.get('temperature', 1.0)}\n")
     curve = regime.get("probe", {}).get("curve", {})
     if curve:
         levels = list(next(iter(curve.values())))

@@ -233,7 +233,7 @@ def _context(reg: Any, engine: Any, s: BenchSettings) -> Any:
         traces=traces, sourcing_progress=read_progress(reg.traces_dir)[0],
         pools={"prefixrl": pool(1), "prefixed_only": pool(0), "unprefixed": unprefixed},
         num_params=num_params(reg.base_dir, include_embeddings=False),
-        sft_examples=base_examples(s.regime),
+        sft_examples=base_examples(s.regime), temperature=s.regime.temperature,
     )  # fmt: skip
 
 

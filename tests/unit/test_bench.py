@@ -10,7 +10,9 @@ import torch
 
 from megatron_ext.hooks import MicroBatch, luffy_mixed_loss, off_policy_is_mixed_loss
 from prefixrl import losses
-from prefixrl.bench.regime import RegimeSettings, base_examples, level_problems, make_bench_splits
+from prefixrl.bench.methods import RLSettings
+from prefixrl.bench.regime import (BASE_FIELDS, PROBE_FIELDS, RegimeSettings, base_examples, level_problems,
+                                   make_bench_splits)
 from prefixrl.bench.report import regime_markdown, summarize, table_markdown
 from prefixrl.bench.reproduce import PRESETS, BenchSettings, _check_settings_file, flops_to_reach, get_preset
 
@@ -41,6 +43,9 @@ def test_preset_fields_can_be_overridden_and_are_validated():
         apply_overrides(get_preset("small"), ["methods=rl,prefixrl"])
     with pytest.raises(ValueError, match="clean_steps=800 >= sft_steps=700"):
         apply_overrides(get_preset("small"), ["regime.sft_steps=700"])
+    assert apply_overrides(get_preset("small"), ["regime.temperature=0.7"]).regime.temperature == 0.7
+    with pytest.raises(ValueError, match=r"temperature=0.0 must be > 0"):
+        apply_overrides(get_preset("small"), ["regime.temperature=0"])
 
 
 def test_settings_file_refuses_other_settings_but_allows_more_seeds_and_other_methods(tmp_path):
@@ -139,6 +144,8 @@ def test_regime_markdown_marks_unmet_targets():
     assert "| base_pass_at_k_train_hard | <= 0.05 | 0.030 | yes |" in text
     assert "| sourced_fraction | >= 0.70 | 0.600 | NO |" in text and "| prefix_success | >= 0.10 | 0.250 | yes |" in text
     assert "| base | 0.600 | 0.040 |" in text and "base: base, hard level: 11 terms" in text
+    assert "k = 8, sampling temperature 1.0" in text  # a regime.json written before the setting existed
+    assert "sampling temperature 0.7" in regime_markdown(regime | {"temperature": 0.7})
     assert regime_markdown({}) == ""
     regime |= {"prefix_success_by_trace": {"all": 0.25, "sound": 0.4, "unsound": math.nan, "sound_traces": 3,
                                            "unsound_traces": 0},
@@ -276,7 +283,7 @@ def test_methods_after_prefixrl_evaluate_at_flops_intervals():
     on top and gets as many points again up to the total (100); without a budget (PrefixRL itself) every 6 steps."""
     from types import SimpleNamespace
 
-    from prefixrl.bench.methods import RLSettings, _eval_points, _Run
+    from prefixrl.bench.methods import _eval_points, _Run
 
     ctx = SimpleNamespace(s=replace(RLSettings(), prefixrl_steps=12, eval_every=6), budget=100.0, budget_rl=20.0)
     assert _eval_points(ctx, uses_traces=True) == [10.0, 20.0]
@@ -295,6 +302,37 @@ def test_methods_after_prefixrl_evaluate_at_flops_intervals():
     assert run._eval_due()
     run.step = 7
     assert not run._eval_due()
+
+
+def test_evaluations_and_rollouts_sample_at_the_regime_temperature(monkeypatch):
+    """RegimeSettings.temperature reaches every sampling call of the methods: evaluation, rollouts, and the
+    policy's log-probs (PolicyConfig.temperature, so the trained policy is the one sampled)."""
+    from types import SimpleNamespace
+
+    from prefixrl.bench import methods
+    from prefixrl.records import Problem
+
+    calls = []
+
+    class Engine:
+        def generate(self, prompts, *, n, max_tokens, temperature, top_p=1.0, seed=None):
+            calls.append(temperature)
+            c = SimpleNamespace(token_ids=[1], finish_reason="stop", logprobs=[-0.1])
+            return [[c] * n for _ in prompts]
+
+    probs = [Problem(problem_id=f"p{i}", prompt="Compute 1 a + 1.", answer="2") for i in range(3)]
+    ctx = SimpleNamespace(s=replace(RLSettings(), eval_problems=2, eval_samples=2), engine=Engine(),
+                          tokenizer=SimpleNamespace(decode=lambda ids: "ANSWER: 2"), verifier=lambda p, t: True,
+                          format_prompt=lambda p: [5, 6], eval_splits={"train_hard": probs}, temperature=0.7,
+                          base_dir="unused")
+    assert methods._evaluate(ctx, 0)["train_hard/pass@1"] == 1.0 and calls == [0.7]
+    import megatron_ext.policy
+
+    captured = {}
+    monkeypatch.setattr(megatron_ext.policy, "MegatronPolicy", lambda cfg: captured.setdefault("cfg", cfg))
+    methods._policy(ctx, lr=1e-4)
+    assert captured["cfg"].temperature == 0.7
+    assert RegimeSettings().temperature == 1.0 and "temperature" in PROBE_FIELDS and "temperature" not in BASE_FIELDS
 
 
 def test_report_gives_the_gain_with_and_without_sourcing_charged():
@@ -406,6 +444,8 @@ def test_adopt_base_copies_a_matching_base_and_refuses_another(tmp_path):
     (tmp_path / "b" / "base").mkdir(parents=True)  # left by an interrupted copy: redone over it
     copied = adopt_base(src, tmp_path / "b", replace(s, probe_k=4), settings)
     assert "probe.json" not in copied and (tmp_path / "b" / "base.json").exists()
+    copied = adopt_base(src, tmp_path / "t", replace(s, temperature=0.7), settings)  # same base, another probe
+    assert "base.json" in copied and "probe.json" not in copied
     with pytest.raises(ValueError, match=rf"sft_steps={s.sft_steps} \(here 99\)"):
         adopt_base(src, tmp_path / "c", replace(s, sft_steps=99), settings)
     assert not (tmp_path / "c" / "base.json").exists()
