@@ -334,6 +334,21 @@ def test_evaluations_and_rollouts_sample_at_the_regime_temperature(monkeypatch):
     assert captured["cfg"].temperature == 0.7
     assert RegimeSettings().temperature == 1.0 and "temperature" in PROBE_FIELDS and "temperature" not in BASE_FIELDS
 
+    import prefixrl.train
+
+    class Sampled(Exception):
+        pass
+
+    def generate_groups(engine, prompts, *, s, step, tokenizer, verifier):
+        calls.append(s.temperature)
+        raise Sampled
+
+    monkeypatch.setattr(prefixrl.train, "generate_groups", generate_groups)
+    ctx.budget = 1.0
+    with pytest.raises(Sampled):  # the first rollout of an RL run
+        methods._on_policy(ctx, "rl", 0, pool=probs, n=2, uses_traces=False, run=SimpleNamespace(spent=lambda: 0.0))
+    assert calls == [0.7, 0.7]
+
 
 def test_report_gives_the_gain_with_and_without_sourcing_charged():
     """rl runs on to PrefixRL's total (30); read off its curve at PrefixRL's RL FLOPs (20) it had 0.2, not 0.5."""
