@@ -285,7 +285,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Tiny base model levelled off on the synthetic task, a hard level chosen by measurement, rejection "
         "sampling, then prefixrl, prefixed_only, rl, rl_large_n, sft_rl, offpolicy_is, luffy and the more_base control "
-        "from the same base at the same FLOPs budget, on the real stack (Megatron-Core + vLLM). Writes "
+        "from the same base at the same FLOPs budget, on the real stack (Megatron-Core + vLLM); --set methods=... "
+        "picks some (and the prefixrl_sound diagnostic, only when named). Writes "
         "<out>/report/table.md, results.json and plots; an interrupted run restarted with the same arguments resumes "
         "without redoing finished (method, seed) runs. docs/reproduction.md has the full run and its analysis.\n\n"
         "  prefixrl bench reproduce --preset smoke --out runs/repro-smoke      # minutes\n"

@@ -16,6 +16,11 @@ at PrefixRL's RL FLOPs, so the comparison that leaves sourcing out can be read o
                       on the trace
     more_base         control: keep training the base model on its own SFT data for the same FLOPs
 
+Diagnostics (DIAGNOSTICS; run only when named in `methods`, never by default):
+
+    prefixrl_sound    PrefixRL whose prefixes come only from sound traces (`tasks.arith.chain_is_sound`): an oracle
+                      no real verifier has, to tell whether the traces' quality or the method sets PrefixRL's level
+
 FLOPs (prefixrl.flops): sampling 2N per prompt + prefix + completion token, training 6N per trained token, evaluation
 not charged; the sourcing cost is charged up front to every method that uses the traces. Megatron and vLLM are
 imported inside the functions.
@@ -96,7 +101,7 @@ class Context:
     sourcing_progress: dict[str, Any]
     """The sourcer's per-problem progress (its cost is charged to the trace methods)."""
     pools: dict[str, list[PrefixedProblem]]
-    """"prefixrl" / "prefixed_only" / "unprefixed" training pools."""
+    """"prefixrl" / "prefixed_only" / "unprefixed" / "prefixrl_sound" training pools."""
     num_params: int
     """Non-embedding parameters N of the policy."""
     sft_examples: list[tuple[Problem, str]] = field(default_factory=list)
@@ -381,8 +386,24 @@ def more_base(ctx: Context, seed: int) -> Curve:
     return run.finish()
 
 
+def prefixrl_sound(ctx: Context, seed: int) -> Curve:
+    """Diagnostic: PrefixRL on the problems whose sourced trace is sound, prefixes of those traces only (3:1 mix),
+    sourcing charged as for prefixrl, run to the same budget. Only the arithmetic task's oracle (`chain_is_sound`)
+    can pick these traces; a verifier that reads the answer alone cannot."""
+    if not ctx.pools["prefixrl_sound"]:
+        raise RuntimeError(f"prefixrl_sound: none of the {len(ctx.traces)} sourced traces is a sound chain; the "
+                           "diagnostic has nothing to train on (leave it out of methods)")
+    return _on_policy(ctx, "prefixrl_sound", seed, pool=ctx.pools["prefixrl_sound"], n=ctx.s.n, uses_traces=True)
+
+
 METHODS: dict[str, Callable[[Context, int], Curve]] = {
     f.__name__: f for f in (prefixrl, rl, sft_rl, prefixed_only, more_base, luffy, offpolicy_is, rl_large_n)
 }
 """Method name -> run function, in run order: prefixrl first in each seed (it sets the budget), then the paper's two
 headline comparisons, then the rest."""
+
+DIAGNOSTICS: dict[str, Callable[[Context, int], Curve]] = {f.__name__: f for f in (prefixrl_sound,)}
+"""Runs that are not methods a user could apply to a real task (they read the task's oracle); run only when named."""
+
+RUNS: dict[str, Callable[[Context, int], Curve]] = {**METHODS, **DIAGNOSTICS}
+"""Every name `BenchSettings.methods` accepts."""

@@ -17,11 +17,12 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from prefixrl.bench.methods import METHODS, RLSettings
+from prefixrl.bench.methods import DIAGNOSTICS, METHODS, RUNS, RLSettings
 from prefixrl.bench.regime import RegimeSettings
 
 logger = logging.getLogger(__name__)
@@ -36,14 +37,15 @@ class BenchSettings:
     rl: RLSettings = field(default_factory=RLSettings)
     """What every method shares."""
     methods: tuple[str, ...] = tuple(METHODS)
-    """Methods to run (prefixrl first: it sets the budget)."""
+    """Methods to run (prefixrl first: it sets the budget); diagnostics (methods.DIAGNOSTICS) only when named."""
     seeds: int = 3
     """Seeds per method (mean +- std in the table)."""
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in RUNS]
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)} (diagnostics: "
+                             f"{list(DIAGNOSTICS)})")
         if not self.methods or self.methods[0] != "prefixrl":
             raise ValueError(f"methods={self.methods}: prefixrl must come first (its FLOPs are every method's budget)")
         if self.seeds < 1:
@@ -146,7 +148,7 @@ def run_methods(out: Path, s: BenchSettings, ctx: Any) -> None:
             else:
                 logger.info("bench: %s seed %d", name, seed)
                 t = time.perf_counter()
-                curve = METHODS[name](ctx, seed).to_dict()
+                curve = RUNS[name](ctx, seed).to_dict()
                 curve["wall_s"] = time.perf_counter() - t
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
@@ -196,42 +198,57 @@ def _regime(out: Path, s: BenchSettings) -> tuple[Any, Any]:
     return build_regime(out / "regime", s.regime, engine_factory=engine_factory)
 
 
+def trace_pools(train: Sequence[Any], traces: Mapping[str, Any], s: BenchSettings, *, format_prompt: Any,
+                tokenizer: Any) -> dict[str, list[Any]]:
+    """The methods' training pools over the hard problems `train` (methods.Context.pools): "prefixrl" (3 cuts in
+    [0.4, 0.8] of each problem's trace + 1 unprefixed copy), "prefixed_only" (the cuts alone), "unprefixed" (every
+    problem, traced or not) and "prefixrl_sound" (as "prefixrl", over the problems whose trace is a sound chain)."""
+    from prefixrl import prefixes
+    from prefixrl.pipeline import SYNTHETIC_MAX_LEN, tokenizer_name
+    from prefixrl.records import PrefixedProblem
+    from prefixrl.tasks.arith import chain_is_sound
+
+    by_id = {p.problem_id: p for p in train}
+    sound = [t for t in traces.values() if chain_is_sound(by_id[t.problem_id], t.text)]
+
+    def pool(unprefixed_copies: int, cut: Iterable[Any]) -> list[PrefixedProblem]:
+        built, _ = prefixes.build_pool(
+            train, cut,
+            strategy=prefixes.FixedRandomCuts(cfg=prefixes.CutConfig(num_cuts=3, low=0.4, high=0.8,
+                                                                     seed=s.regime.seed)),
+            cfg=prefixes.PoolConfig(max_prompt_tokens=SYNTHETIC_MAX_LEN - s.rl.gen_tokens,
+                                    unprefixed_copies=unprefixed_copies, too_long=prefixes.TooLongPolicy.SKIP,
+                                    shuffle_seed=s.regime.seed),
+            format_prompt=format_prompt, policy_tokenizer_name=tokenizer_name(tokenizer),
+            policy_tokenizer=tokenizer)  # fmt: skip
+        return built
+
+    unprefixed = [PrefixedProblem(problem=p, prompt_ids=format_prompt(p), prefix_ids=[], prefix_text="",
+                                  cut_frac=0.0) for p in train]  # fmt: skip
+    return {"prefixrl": pool(1, traces.values()), "prefixed_only": pool(0, traces.values()),
+            "unprefixed": unprefixed, "prefixrl_sound": pool(1, sound)}
+
+
 def _context(reg: Any, engine: Any, s: BenchSettings) -> Any:
     """What the methods share: splits, traces, prefix pools and the base's SFT examples (methods.Context)."""
-    from prefixrl import prefixes
     from prefixrl.bench.methods import Context
     from prefixrl.bench.regime import base_examples
-    from prefixrl.pipeline import SYNTHETIC_MAX_LEN, num_params, prompt_formatter, tokenizer_name
-    from prefixrl.records import PrefixedProblem
+    from prefixrl.pipeline import num_params, prompt_formatter
     from prefixrl.sourcer import load_traces, read_progress
     from prefixrl.tasks.arith import ArithVerifier
 
     tok, fmt, verifier = reg.tokenizer, prompt_formatter(reg.tokenizer), ArithVerifier()
     train = reg.splits["train_hard"]
     traces = {t.problem_id: t for t in load_traces(reg.traces_dir, problems=train, verifier=verifier)}
-
-    def pool(unprefixed_copies: int) -> list[PrefixedProblem]:
-        built, _ = prefixes.build_pool(
-            train, traces.values(),
-            strategy=prefixes.FixedRandomCuts(cfg=prefixes.CutConfig(num_cuts=3, low=0.4, high=0.8,
-                                                                     seed=s.regime.seed)),
-            cfg=prefixes.PoolConfig(max_prompt_tokens=SYNTHETIC_MAX_LEN - s.rl.gen_tokens,
-                                    unprefixed_copies=unprefixed_copies, too_long=prefixes.TooLongPolicy.SKIP,
-                                    shuffle_seed=s.regime.seed),
-            format_prompt=fmt, policy_tokenizer_name=tokenizer_name(tok), policy_tokenizer=tok)  # fmt: skip
-        return built
-
     if not traces:
         raise RuntimeError(f"rejection sampling found no trace for any of the {len(train)} hard problems (cap "
                            f"{s.regime.source_cap}); raise regime.source_cap or lower regime.target_pass_at_k")
-    unprefixed = [PrefixedProblem(problem=p, prompt_ids=fmt(p), prefix_ids=[], prefix_text="", cut_frac=0.0)
-                  for p in train]  # fmt: skip
     return Context(
         s=s.rl, engine=engine, tokenizer=tok, verifier=verifier, format_prompt=fmt, base_dir=str(reg.base_dir),
         train=train, eval_splits={"train_hard": train, "heldout_hard": reg.splits["heldout_hard"],
                                   "heldout_medium": reg.splits["heldout_medium"]},
         traces=traces, sourcing_progress=read_progress(reg.traces_dir)[0],
-        pools={"prefixrl": pool(1), "prefixed_only": pool(0), "unprefixed": unprefixed},
+        pools=trace_pools(train, traces, s, format_prompt=fmt, tokenizer=tok),
         num_params=num_params(reg.base_dir, include_embeddings=False),
         sft_examples=base_examples(s.regime), temperature=s.regime.temperature,
     )  # fmt: skip

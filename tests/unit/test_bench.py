@@ -483,3 +483,37 @@ def test_levels_are_picked_on_the_chosen_base_checkpoint(tmp_path):
     assert base_checkpoint_dir(tmp_path, replace(s, base_checkpoint="step-00400")).name == "step-00400"
     with pytest.raises(ValueError, match=r"choose one of \['base', 'step-00400'\]"):
         base_checkpoint_dir(tmp_path, replace(s, base_checkpoint="step-00123"))
+
+
+def test_trace_pools_and_the_sound_traces_diagnostic(char_tokenizer):
+    """prefixrl_sound cuts only the sound chains (an unsound trace's problem is left out, as is an untraced one);
+    prefixrl cuts every trace; the diagnostic runs only when named in methods."""
+    from prefixrl.bench.methods import DIAGNOSTICS, METHODS
+    from prefixrl.bench.regime import _task_cfg
+    from prefixrl.bench.reproduce import trace_pools
+    from prefixrl.records import OffPolicyTrace
+    from prefixrl.tasks.arith import ArithVerifier, chain_is_sound, solutions
+
+    s = BenchSettings(regime=RegimeSettings(levels=(2, 5), multiply_prob=0.3), methods=("prefixrl", "prefixrl_sound"))
+    train = level_problems(s.regime, level=5, count=4, tag="t", seed=0)
+    char_tokenizer.name = "char"
+
+    def fmt(p):
+        return char_tokenizer.encode(p.prompt + "\n")
+
+    texts = [solutions(p, num=1, cfg=_task_cfg(s.regime, hard=5, medium=2, seed=0))[0] for p in train[:3]]
+    lines = texts[1].splitlines()  # a slip on line 2 that line 3 cancels: right answer, unsound chain
+    lines[1] = f"{lines[1][:-3]}{(int(lines[1][-3:]) + 1) % 1000:03d}"
+    lines[2] = f"{(int(lines[2][:3]) + 1) % 1000:03d}{lines[2][3:]}"
+    texts[1] = "\n".join(lines)
+    assert ArithVerifier()(train[1], texts[1]) and not chain_is_sound(train[1], texts[1])
+    traces = {p.problem_id: OffPolicyTrace(trace_id=f"{p.problem_id}#1", problem_id=p.problem_id, prompt_ids=fmt(p),
+                                           trace_ids=char_tokenizer.encode(text), text=text, model="base",
+                                           tokenizer="char", num_attempts=1, num_sampled_tokens=9, attempt_index=0)
+              for p, text in zip(train, texts)}  # fmt: skip
+    pools = trace_pools(train, traces, s, format_prompt=fmt, tokenizer=char_tokenizer)
+    assert [len(pools[k]) for k in ("prefixrl", "prefixed_only", "unprefixed", "prefixrl_sound")] == [12, 9, 4, 8]
+    ids = {k: {q.problem.problem_id for q in pools[k]} for k in pools}
+    assert ids["prefixrl_sound"] == {train[0].problem_id, train[2].problem_id}
+    assert ids["prefixrl"] == ids["prefixrl_sound"] | {train[1].problem_id}
+    assert "prefixrl_sound" not in BenchSettings().methods and set(DIAGNOSTICS).isdisjoint(METHODS)
