@@ -26,6 +26,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,10 @@ class RegimeSettings:
     """Samples per problem in the probe (the pass@k the regime is defined by)."""
     target_pass_at_k: float = 0.05
     """The hard level: the shortest chain with base pass@k at most this."""
+    confirm_problems: int = 0
+    """After the probe, the hard level is confirmed on this many fresh problems at the chosen checkpoint, and while
+    its pass@k there is above target_pass_at_k the next longer level is tried (0: no confirmation). A 64-problem
+    probe cannot tell 2 % from 9 %: session 11's picked level had pass@8 1.6 % on the probe and 9.0 % on train_hard."""
     medium_pass_at_k: float = 0.3
     """The medium level: the longest chain with base pass@k at least this."""
     train_hard: int = 256
@@ -135,6 +140,8 @@ class RegimeSettings:
     """Seed of the task, the tokenizer corpus and the base model."""
 
     def __post_init__(self) -> None:
+        if self.confirm_problems < 0:
+            raise ValueError(f"confirm_problems={self.confirm_problems} must be >= 0 (0: no confirmation)")
         if not self.temperature > 0.0:
             raise ValueError(f"temperature={self.temperature} must be > 0 (every stage samples; for near-greedy "
                              "sampling use a small value such as 0.1)")
@@ -248,7 +255,7 @@ BASE_FIELDS = ("levels", "per_level", "orders_per_problem", "first_term_max", "m
 """The RegimeSettings fields the base model (and its tokenizer) depends on."""
 PROBE_FIELDS = (*BASE_FIELDS, "probe_problems", "probe_k", "target_pass_at_k", "medium_pass_at_k", "gen_tokens",
                 "temperature")
-"""The fields the level probe depends on as well."""
+"""The fields the level probe depends on as well (its confirmation step records and checks its own)."""
 
 
 def adopt_base(src: Path, out: Path, s: RegimeSettings, src_settings: dict[str, Any]) -> list[str]:
@@ -291,37 +298,73 @@ def hf_tensors(model_dir: Path) -> list[tuple[str, Any]]:
 
 
 def probe_levels(out: Path, s: RegimeSettings, *, engine: Any, tokenizer: Any) -> dict[str, Any]:
-    """pass@k per level for every saved base checkpoint (final one last); picks the hard and medium levels."""
+    """pass@k per level for every saved base checkpoint (final one last), plus the hard level's confirmation at the
+    chosen checkpoint when confirm_problems > 0 (redone alone for another checkpoint or count); picks nothing."""
     from prefixrl.engine.generate import EngineGenerateFn
     from prefixrl.evaluation import EvalConfig, evaluate
     from prefixrl.pipeline import prompt_formatter
     from prefixrl.tasks.arith import ArithVerifier
 
     done = out / "probe.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    t0 = time.perf_counter()
-    ckpts = [*sorted((out / "checkpoints").glob("step-*")), out / "base"]
-    probes = {lv: level_problems(s, level=lv, count=s.probe_problems, tag="probe", seed=s.seed + 2) for lv in s.levels}
     gen, fmt = EngineGenerateFn(engine, tokenizer), prompt_formatter(tokenizer)
     ecfg = EvalConfig(num_samples=s.probe_k, temperature=s.temperature, max_tokens=s.gen_tokens, seed=s.seed)
-    curve: dict[str, dict[int, float]] = {}
-    for ck in ckpts:
-        engine.update_weights(iter(hf_tensors(ck)))
-        curve[ck.name] = {lv: evaluate(ps, generate_fn=gen, verifier=ArithVerifier(), format_prompt=fmt,
-                                       cfg=ecfg).pass_at_k[s.probe_k] for lv, ps in probes.items()}  # fmt: skip
-        logger.info("probe %s: %s", ck.name, curve[ck.name])
-    info = {"pass_at_k": s.probe_k, "curve": {k: {str(lv): v for lv, v in c.items()} for k, c in curve.items()},
-            "wall_s": time.perf_counter() - t0}
-    done.write_text(json.dumps(info, indent=1))
+
+    def pass_at_k(ps: list[Problem]) -> float:
+        report = evaluate(ps, generate_fn=gen, verifier=ArithVerifier(), format_prompt=fmt, cfg=ecfg)
+        return report.pass_at_k[s.probe_k]
+
+    if done.exists():
+        info = json.loads(done.read_text())
+    else:
+        t0 = time.perf_counter()
+        ckpts = [*sorted((out / "checkpoints").glob("step-*")), out / "base"]
+        probes = {lv: level_problems(s, level=lv, count=s.probe_problems, tag="probe", seed=s.seed + 2)
+                  for lv in s.levels}  # fmt: skip
+        curve: dict[str, dict[str, float]] = {}
+        for ck in ckpts:
+            engine.update_weights(iter(hf_tensors(ck)))
+            curve[ck.name] = {str(lv): pass_at_k(ps) for lv, ps in probes.items()}
+            logger.info("probe %s: %s", ck.name, curve[ck.name])
+        info = {"pass_at_k": s.probe_k, "curve": curve, "wall_s": time.perf_counter() - t0}
+        done.write_text(json.dumps(info, indent=1))
+    confirm_for = {"checkpoint": s.base_checkpoint, "problems": s.confirm_problems}
+    if s.confirm_problems and info.get("confirm_for") != confirm_for:
+        t0 = time.perf_counter()
+        engine.update_weights(iter(hf_tensors(base_checkpoint_dir(out, s))))
+        row = {int(lv): v for lv, v in info["curve"][s.base_checkpoint].items()}
+        confirmed = confirm_hard_level(row, s, lambda lv: pass_at_k(
+            level_problems(s, level=lv, count=s.confirm_problems, tag="confirm", seed=s.seed + 5)))
+        info |= {"confirm": {str(lv): v for lv, v in confirmed.items()}, "confirm_for": confirm_for,
+                 "confirm_wall_s": time.perf_counter() - t0}  # fmt: skip
+        logger.info("probe: hard level confirmed on %d problems: %s", s.confirm_problems, info["confirm"])
+        done.write_text(json.dumps(info, indent=1))
     return info
+
+
+def confirm_hard_level(row: dict[int, float], s: RegimeSettings, measure: Callable[[int], float]) -> dict[int, float]:
+    """{level: pass@k on confirm_problems fresh problems} from the probe's hard pick on `row` (the chosen checkpoint's
+    probe row) up to the first level whose `measure(level)` is <= target_pass_at_k, or the longest level."""
+    levels = sorted(s.levels)
+    start = next((lv for lv in levels if row[lv] <= s.target_pass_at_k), levels[-1])
+    measured: dict[int, float] = {}
+    for level in levels[levels.index(start):]:
+        measured[level] = measure(level)
+        if measured[level] <= s.target_pass_at_k:
+            break
+    return measured
 
 
 def pick_levels(probe: dict[str, Any], s: RegimeSettings) -> tuple[int, int]:
     """(hard, medium) on the chosen base's probe row: the shortest chain with pass@k <= target_pass_at_k (else the
-    longest level), and the longest shorter one with pass@k >= medium_pass_at_k (else the shortest level)."""
+    longest level) -- the last confirmed level when the probe confirmed it (confirm_problems) -- and the longest
+    shorter one with pass@k >= medium_pass_at_k (else the shortest level)."""
     row = {int(lv): v for lv, v in probe["curve"][s.base_checkpoint].items()}
     hard = next((lv for lv in s.levels if row[lv] <= s.target_pass_at_k), max(s.levels))
+    if s.confirm_problems:
+        if probe.get("confirm_for") != {"checkpoint": s.base_checkpoint, "problems": s.confirm_problems}:
+            raise RuntimeError(f"the probe holds no confirmation on {s.confirm_problems} problems at "
+                               f"{s.base_checkpoint} (it has {probe.get('confirm_for')}); probe_levels makes it")
+        hard = max(int(lv) for lv in probe["confirm"])
     medium = max((lv for lv in s.levels if lv < hard and row[lv] >= s.medium_pass_at_k), default=min(s.levels))
     return hard, medium
 

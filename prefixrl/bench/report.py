@@ -225,6 +225,11 @@ def regime_markdown(regime: dict[str, Any]) -> str:
         lines += [f"| base checkpoint | {' | '.join(f'pass@k L{lv}' for lv in levels)} |",
                   "|---|" + "---|" * len(levels)]
         lines += [f"| {name} | {' | '.join(f'{c[lv]:.3f}' for lv in levels)} |" for name, c in curve.items()]
+    confirm = regime.get("probe", {}).get("confirm")
+    if confirm:
+        where = regime["probe"]["confirm_for"]
+        lines.append(f"\nhard level confirmed at {where['checkpoint']} on {where['problems']} fresh problems per "
+                     "level: " + ", ".join(f"L{lv} pass@k {v:.3f}" for lv, v in confirm.items()))
     return "\n".join(lines) + "\n"
 
 

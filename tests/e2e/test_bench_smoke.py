@@ -37,6 +37,9 @@ def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
     for png in ("reward_vs_flops.png", "entropy.png"):
         assert (out / "report" / png).stat().st_size > 10_000
     assert "gain_at_rl_flops" in results and "rl" in results["at_prefixrl_rl_flops"]
+    regime = json.loads((out / "regime" / "regime.json").read_text())  # the probe's pick, confirmed at the base
+    assert regime["probe"]["confirm_for"] == {"checkpoint": "base", "problems": 8}
+    assert regime["hard_level_terms"] == max(int(lv) for lv in regime["probe"]["confirm"])
     budget = json.loads((out / "runs" / "prefixrl" / "seed0.json").read_text())["points"][-1]
     trace_run = json.loads((out / "runs" / "prefixed_only" / "seed0.json").read_text())  # pays the sourcing
     assert trace_run["points"][-1]["flops"] >= budget["flops"] and len(trace_run["steps"]) < 4, trace_run["points"]
@@ -60,7 +63,8 @@ def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
     r = _bench(tmp_path / "again", "--base-from", str(out), "--base-checkpoint", "step-00030")
     assert r.returncode == 0, r.stderr[-4000:]
     assert "sft step" not in r.stderr
-    assert json.loads((tmp_path / "again" / "regime" / "regime.json").read_text())["base_checkpoint"] == "step-00030"
+    again = json.loads((tmp_path / "again" / "regime" / "regime.json").read_text())
+    assert again["base_checkpoint"] == "step-00030" and again["probe"]["confirm_for"]["checkpoint"] == "step-00030"
 
     # The regime stage alone with a preset field overridden; the override is recorded, so another one is refused.
     reg = tmp_path / "regime"

@@ -408,7 +408,7 @@ def test_each_seed_budget_is_its_own_prefixrl_total(tmp_path, monkeypatch):
         return run
 
     s = replace(get_preset("smoke", seeds=2), methods=("prefixrl", "rl"))
-    monkeypatch.setattr(reproduce, "METHODS", {"prefixrl": fake("prefixrl", 100.0), "rl": fake("rl", 0.0)})
+    monkeypatch.setattr(reproduce, "RUNS", {"prefixrl": fake("prefixrl", 100.0), "rl": fake("rl", 0.0)})
     ctx = SimpleNamespace(budget=0.0, budget_rl=0.0)
     reproduce.run_methods(tmp_path, s, ctx)
     assert seen == [("prefixrl", 0, 0.0, 0.0), ("rl", 0, 100.0, 50.0),
@@ -483,6 +483,31 @@ def test_levels_are_picked_on_the_chosen_base_checkpoint(tmp_path):
     assert base_checkpoint_dir(tmp_path, replace(s, base_checkpoint="step-00400")).name == "step-00400"
     with pytest.raises(ValueError, match=r"choose one of \['base', 'step-00400'\]"):
         base_checkpoint_dir(tmp_path, replace(s, base_checkpoint="step-00123"))
+
+
+def test_the_hard_level_is_confirmed_on_more_problems_and_moves_longer_while_above_target():
+    """confirm_hard_level starts at the probe's pick and measures longer levels until one is at or under the target
+    (or the longest); pick_levels then takes the last one measured, and refuses a probe confirmed elsewhere."""
+    from prefixrl.bench.regime import confirm_hard_level, pick_levels
+
+    s = RegimeSettings(levels=(2, 4, 6, 8, 10), confirm_problems=256)
+    row = {2: 0.9, 4: 0.4, 6: 0.02, 8: 0.0, 10: 0.0}  # the probe's noise put 6 under the 5 % target
+    truth = {2: 0.95, 4: 0.45, 6: 0.09, 8: 0.03, 10: 0.01}
+    asked: list[int] = []
+    confirmed = confirm_hard_level(row, s, lambda lv: asked.append(lv) or truth[lv])
+    assert asked == [6, 8] and confirmed == {6: 0.09, 8: 0.03}
+    assert confirm_hard_level(row, s, lambda lv: 0.5) == {6: 0.5, 8: 0.5, 10: 0.5}  # never under: the longest
+    probe = {"curve": {"base": {str(k): v for k, v in row.items()}},
+             "confirm": {str(k): v for k, v in confirmed.items()}, "confirm_for": {"checkpoint": "base", "problems": 256}}
+    assert pick_levels(probe, s) == (8, 4)
+    assert pick_levels(probe, replace(s, confirm_problems=0)) == (6, 4)
+    with pytest.raises(RuntimeError, match="no confirmation on 128 problems"):
+        pick_levels(probe, replace(s, confirm_problems=128))
+    with pytest.raises(ValueError, match="confirm_problems=-1"):
+        RegimeSettings(confirm_problems=-1)
+    text = regime_markdown({"base_pass_at_k_train_hard": 0.03, "sourced_fraction": 0.8, "prefix_success": 0.1,
+                            "hard_level_terms": 8, "medium_level_terms": 4, "source_cap": 1, "k": 8, "probe": probe})
+    assert "confirmed at base on 256 fresh problems per level: L6 pass@k 0.090, L8 pass@k 0.030" in text
 
 
 def test_trace_pools_and_the_sound_traces_diagnostic(char_tokenizer):
