@@ -188,6 +188,20 @@ def level_problems(s: RegimeSettings, *, level: int, count: int, tag: str, seed:
     return list(out.values())
 
 
+def check_gen_tokens(name: str, gen_tokens: int, s: RegimeSettings, *, level: int, tokenizer: Any) -> None:
+    """ValueError when `gen_tokens` (the setting called `name`) cannot hold a worked `level`-term solution (the
+    longest left-to-right chain of 32 fresh problems, plus end of sequence): every sample would be cut before its
+    answer line and score 0, which looks like a hard level rather than a wrong setting."""
+    from prefixrl.tasks.arith import solutions
+
+    cfg = _task_cfg(s, hard=level, medium=level, seed=s.seed)
+    needed = 1 + max(len(tokenizer.encode(solutions(p, num=1, cfg=cfg)[0]))
+                     for p in level_problems(s, level=level, count=32, tag="length", seed=s.seed + 7))  # fmt: skip
+    if gen_tokens < needed:
+        raise ValueError(f"{name}={gen_tokens} cannot hold a worked {level}-term solution ({needed} tokens): every "
+                         f"sample would be cut before its answer; set {name} >= {needed}")
+
+
 def base_corpus(s: RegimeSettings) -> list[Problem]:
     """The base model's SFT problems: `per_level` of every level."""
     return [p for lv in s.levels for p in level_problems(s, level=lv, count=s.per_level, tag="sft", seed=s.seed)]
@@ -236,6 +250,7 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
     cfg = _task_cfg(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed)
     tokenizer = SentencePieceTokenizer.train([p.prompt for p in corpus] + [t for _, t in final], vocab_size=384)
     tokenizer.save(out / "tokenizer.model")
+    check_gen_tokens("regime.gen_tokens", s.gen_tokens, s, level=max(s.levels), tokenizer=tokenizer)
     save_every = max(1, s.sft_steps // (s.checkpoints + 1)) if s.checkpoints else 0
     _, losses = sft_base_model(out, tokenizer, {}, cfg, steps=s.sft_steps, batch=s.sft_batch, seed=s.seed,
                                examples=examples, lr=s.sft_lr, save_every=save_every,
@@ -405,6 +420,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     out.mkdir(parents=True, exist_ok=True)
     base_info = train_base(out, s)
     tokenizer = load_tokenizer(out / "tokenizer.model")
+    check_gen_tokens("regime.gen_tokens", s.gen_tokens, s, level=max(s.levels), tokenizer=tokenizer)
     base_dir = base_checkpoint_dir(out, s)
     engine = engine_factory(base_dir)
     probe = probe_levels(out, s, engine=engine, tokenizer=tokenizer)

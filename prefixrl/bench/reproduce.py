@@ -233,12 +233,13 @@ def trace_pools(train: Sequence[Any], traces: Mapping[str, Any], s: BenchSetting
 def _context(reg: Any, engine: Any, s: BenchSettings) -> Any:
     """What the methods share: splits, traces, prefix pools and the base's SFT examples (methods.Context)."""
     from prefixrl.bench.methods import Context
-    from prefixrl.bench.regime import base_examples
+    from prefixrl.bench.regime import base_examples, check_gen_tokens
     from prefixrl.pipeline import num_params, prompt_formatter
     from prefixrl.sourcer import load_traces, read_progress
     from prefixrl.tasks.arith import ArithVerifier
 
     tok, fmt, verifier = reg.tokenizer, prompt_formatter(reg.tokenizer), ArithVerifier()
+    check_gen_tokens("rl.gen_tokens", s.rl.gen_tokens, s.regime, level=reg.figures["hard_level_terms"], tokenizer=tok)
     train = reg.splits["train_hard"]
     traces = {t.problem_id: t for t in load_traces(reg.traces_dir, problems=train, verifier=verifier)}
     if not traces:

@@ -542,3 +542,19 @@ def test_trace_pools_and_the_sound_traces_diagnostic(char_tokenizer):
     assert ids["prefixrl_sound"] == {train[0].problem_id, train[2].problem_id}
     assert ids["prefixrl"] == ids["prefixrl_sound"] | {train[1].problem_id}
     assert "prefixrl_sound" not in BenchSettings().methods and set(DIAGNOSTICS).isdisjoint(METHODS)
+
+
+def test_a_generation_cap_shorter_than_a_worked_solution_is_refused(char_tokenizer):
+    """check_gen_tokens names the setting and the tokens a solution of the level needs; that many pass."""
+    import re
+
+    from prefixrl.bench.regime import check_gen_tokens
+
+    s = RegimeSettings(levels=(2, 5), multiply_prob=0.3)
+    with pytest.raises(ValueError, match=r"rl.gen_tokens=40 cannot hold a worked 5-term solution") as err:
+        check_gen_tokens("rl.gen_tokens", 40, s, level=5, tokenizer=char_tokenizer)
+    needed = int(re.search(r">= (\d+)", str(err.value)).group(1))
+    assert 4 * len("208 b + 9 = 217\n") < needed < 100  # four worked lines and the answer line, one token a char
+    check_gen_tokens("rl.gen_tokens", needed, s, level=5, tokenizer=char_tokenizer)
+    with pytest.raises(ValueError):
+        check_gen_tokens("rl.gen_tokens", needed - 1, s, level=5, tokenizer=char_tokenizer)
