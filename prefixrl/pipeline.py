@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -135,8 +136,10 @@ def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], 
                    batch: int, seed: int, solutions_per_problem: int = 1,
                    examples: Sequence[tuple[Problem, str]] | None = None, lr: float = 3e-3,
                    save_every: int = 0, examples_after: tuple[int, Sequence[tuple[Problem, str]]] | None = None,
-                   ) -> tuple[Path, list[float]]:
+                   init: Path | None = None) -> tuple[Path, list[float]]:
     """Random-init the tiny model (out/init), SFT it on worked solutions of all levels, export it to out/base.
+    `init`: an HF checkpoint of the tiny model with this tokenizer's vocabulary to continue from instead (a
+    curriculum); its weights are copied to out/init and the optimizer starts fresh.
 
     One (left-to-right) worked order per problem by default: a 4-layer model learns to copy terms in order far
     faster than to track which terms a random order has used, and the verifier still accepts any chain.
@@ -156,7 +159,14 @@ def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], 
     spec = replace(tiny_preset("tiny-llama"), vocab_size=tokenizer.vocab_size,
                    max_position_embeddings=SYNTHETIC_MAX_LEN)  # fmt: skip
     init_dir = out / "init"
-    convert.save_hf_checkpoint(convert.export_hf(models.build(spec)), spec, init_dir, overwrite=True)
+    if init is None:
+        convert.save_hf_checkpoint(convert.export_hf(models.build(spec)), spec, init_dir, overwrite=True)
+    else:
+        vocab = json.loads((Path(init) / "config.json").read_text()).get("vocab_size")
+        if vocab != tokenizer.vocab_size:
+            raise ValueError(f"init={init} has vocab_size {vocab}, the tokenizer {tokenizer.vocab_size}: continue "
+                             "from a checkpoint trained with this tokenizer")
+        shutil.copytree(init, init_dir, dirs_exist_ok=True)
     policy = MegatronPolicy(PolicyConfig(
         model=str(init_dir), micro_batch_size=batch, max_seq_len=SYNTHETIC_MAX_LEN,
         optim=OptimizerSettings(lr=lr, min_lr=lr / 10, warmup_steps=min(20, steps), decay_steps=steps,

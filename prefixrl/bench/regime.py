@@ -75,6 +75,11 @@ class RegimeSettings:
     than from when its training stops. The base slips more than its teacher: at 0.4, 60 % of the teacher's lines
     are right but about 20 % of base (g)'s (docs/reproduction.md). 0 (the default) reproduces earlier run
     directories; the presets set it."""
+    warm_start: str = ""
+    """A saved base to continue from instead of a random init (its regime directory's `base` or
+    `checkpoints/step-*`; that directory's tokenizer is reused): a curriculum for chains too long to learn from
+    scratch. Session 13: levels 2-13 from scratch stayed at chance beyond 2 terms (clean loss flat at 0.22 through
+    1,200 steps), where levels 2-8 jumped by step 900. "" (the default): a fresh base."""
     clean_steps: int = 0
     """With slip_rate > 0: the first clean_steps SFT steps use the teacher's chains without slips, the rest with
     them (one cosine schedule). Measured (docs/reproduction.md): with random labels and slips from step 0, the base
@@ -140,6 +145,11 @@ class RegimeSettings:
     """Seed of the task, the tokenizer corpus and the base model."""
 
     def __post_init__(self) -> None:
+        if self.warm_start:
+            if not (Path(self.warm_start) / "config.json").exists():
+                raise ValueError(f"warm_start={self.warm_start!r} is not a saved base (no config.json); name a "
+                                 "regime directory's base or checkpoints/step-* folder")
+            warm_start_tokenizer(Path(self.warm_start))
         if self.confirm_problems < 0:
             raise ValueError(f"confirm_problems={self.confirm_problems} must be >= 0 (0: no confirmation)")
         if not self.temperature > 0.0:
@@ -235,6 +245,15 @@ def make_bench_splits(s: RegimeSettings, *, hard: int, medium: int, exclude: set
 
 
 # ------------------------------------------------------------------------------------------------ stages
+def warm_start_tokenizer(model_dir: Path) -> Path:
+    """The tokenizer.model of the regime directory that holds `model_dir` (its `base` or `checkpoints/step-*`)."""
+    for d in (model_dir.parent, model_dir.parent.parent):
+        if (d / "tokenizer.model").exists():
+            return d / "tokenizer.model"
+    raise ValueError(f"no tokenizer.model next to {model_dir} or its parent: warm_start must be a base or "
+                     "checkpoint inside a benchmark's regime directory (its tokenizer goes with it)")
+
+
 def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
     """Tokenizer + SFT of the tiny base on every level -> out/tokenizer.model, out/base, out/checkpoints/step-*."""
     from prefixrl.pipeline import sft_base_model
@@ -248,13 +267,16 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
     switch = (s.clean_steps, final) if s.slip_rate > 0 and s.clean_steps else None
     examples = base_examples(replace(s, slip_rate=s.early_slip_rate, early_slip_rate=0.0)) if switch else final
     cfg = _task_cfg(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed)
-    tokenizer = SentencePieceTokenizer.train([p.prompt for p in corpus] + [t for _, t in final], vocab_size=384)
+    if s.warm_start:
+        tokenizer = SentencePieceTokenizer.load(warm_start_tokenizer(Path(s.warm_start)))
+    else:
+        tokenizer = SentencePieceTokenizer.train([p.prompt for p in corpus] + [t for _, t in final], vocab_size=384)
     tokenizer.save(out / "tokenizer.model")
     check_gen_tokens("regime.gen_tokens", s.gen_tokens, s, level=max(s.levels), tokenizer=tokenizer)
     save_every = max(1, s.sft_steps // (s.checkpoints + 1)) if s.checkpoints else 0
     _, losses = sft_base_model(out, tokenizer, {}, cfg, steps=s.sft_steps, batch=s.sft_batch, seed=s.seed,
                                examples=examples, lr=s.sft_lr, save_every=save_every,
-                               examples_after=switch)  # fmt: skip
+                               examples_after=switch, init=Path(s.warm_start) if s.warm_start else None)  # fmt: skip
     info = {"sft_steps": s.sft_steps, "sft_examples": len(final), "sft_problems": len(corpus),
             "sft_sequences": s.sft_steps * s.sft_batch,
             "loss_first_last": [losses[0], sum(losses[-20:]) / len(losses[-20:])],
@@ -266,7 +288,7 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
 
 BASE_FIELDS = ("levels", "per_level", "orders_per_problem", "first_term_max", "max_operand", "max_answer",
                "multiply_prob", "multipliers", "labels", "random_label_start", "slip_rate", "clean_steps",
-               "early_slip_rate", "width", "sft_steps", "sft_batch", "sft_lr", "checkpoints", "seed")
+               "early_slip_rate", "width", "sft_steps", "sft_batch", "sft_lr", "checkpoints", "seed", "warm_start")
 """The RegimeSettings fields the base model (and its tokenizer) depends on."""
 PROBE_FIELDS = (*BASE_FIELDS, "probe_problems", "probe_k", "target_pass_at_k", "medium_pass_at_k", "gen_tokens",
                 "temperature")

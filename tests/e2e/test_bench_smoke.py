@@ -77,6 +77,17 @@ def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
     bad = _bench(reg, "--set", "regime.prefix_probe_problems=5", "--regime-only")
     assert bad.returncode != 0 and "other settings" in bad.stderr, bad.stderr[-2000:]
 
+    # A base warm-started from a saved checkpoint (a curriculum): its SFT starts from those weights and tokenizer.
+    ckpt = out / "regime" / "checkpoints" / "step-00030"
+    warm = tmp_path / "warm"
+    r = _bench(warm, "--set", f"regime.warm_start={ckpt}", "--set", "regime.sft_steps=4", "--set",
+               "regime.clean_steps=2", "--regime-only")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "sft step 4/4" in r.stderr and (warm / "regime" / "regime.json").exists()
+    for name in ("init/model.safetensors", "tokenizer.model"):
+        assert (warm / "regime" / name).read_bytes() == (ckpt / "model.safetensors" if name.startswith("init")
+                                                         else out / "regime" / "tokenizer.model").read_bytes()
+
 
 def test_unknown_preset_lists_them(tmp_path):
     r = subprocess.run([sys.executable, "-m", "prefixrl.cli", "bench", "reproduce", "--preset", "huge", "--out",

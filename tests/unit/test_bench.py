@@ -11,8 +11,8 @@ import torch
 from megatron_ext.hooks import MicroBatch, luffy_mixed_loss, off_policy_is_mixed_loss
 from prefixrl import losses
 from prefixrl.bench.methods import RLSettings
-from prefixrl.bench.regime import (BASE_FIELDS, PROBE_FIELDS, RegimeSettings, base_examples, level_problems,
-                                   make_bench_splits)
+from prefixrl.bench.regime import (BASE_FIELDS, PROBE_FIELDS, RegimeSettings, base_corpus, base_examples,
+                                   level_problems, make_bench_splits)
 from prefixrl.bench.report import regime_markdown, summarize, table_markdown
 from prefixrl.bench.reproduce import PRESETS, BenchSettings, _check_settings_file, flops_to_reach, get_preset
 
@@ -238,6 +238,41 @@ def test_train_base_uses_the_early_teacher_then_the_slipping_one(tmp_path, monke
              for name, ex in (("early", seen["early"]), ("late", seen["switch"][1]))}
     assert seen["switch"][0] == 10
     assert abs(wrong["early"] - (1 - 0.9 ** 4)) < 0.08 and abs(wrong["late"] - (1 - 0.6 ** 4)) < 0.08, wrong
+
+
+def test_a_warm_started_base_continues_a_saved_checkpoint_with_its_tokenizer(tmp_path, monkeypatch):
+    """regime.warm_start: the base's SFT starts from that checkpoint (init) with the tokenizer of the regime
+    directory that holds it; a folder that is no saved base, or one without a tokenizer, is refused at setup."""
+    import prefixrl.pipeline
+    from prefixrl.bench.regime import train_base
+    from prefixrl.tokenizer import SentencePieceTokenizer
+
+    src = tmp_path / "src" / "regime"
+    ckpt = src / "checkpoints" / "step-00300"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text("{}")
+    s = RegimeSettings(levels=(2, 5), per_level=50, sft_steps=20, checkpoints=0)
+    with pytest.raises(ValueError, match="no tokenizer.model next to"):
+        RegimeSettings(warm_start=str(ckpt))
+    with pytest.raises(ValueError, match="is not a saved base"):
+        RegimeSettings(warm_start=str(src))
+    other = RegimeSettings(levels=(3, 4), per_level=50, seed=5)  # another corpus: another tokenizer
+    texts = [p.prompt for p in base_corpus(other)] + [t for _, t in base_examples(other)]
+    SentencePieceTokenizer.train(texts, vocab_size=330).save(src / "tokenizer.model")
+    seen = {}
+
+    def fake_sft(out, tok, splits, cfg, *, init, **kw):  # records what it is handed
+        seen["init"], seen["vocab"] = init, tok.vocab_size
+        return out / "base", [1.0]
+
+    monkeypatch.setattr(prefixrl.pipeline, "sft_base_model", fake_sft)
+    train_base(tmp_path / "a", replace(s, warm_start=str(ckpt)))
+    src_vocab = SentencePieceTokenizer.load(src / "tokenizer.model").vocab_size
+    assert seen == {"init": ckpt, "vocab": src_vocab}
+    assert (tmp_path / "a" / "tokenizer.model").read_bytes() == (src / "tokenizer.model").read_bytes()
+    train_base(tmp_path / "b", s)
+    fresh = (tmp_path / "b" / "tokenizer.model").read_bytes()
+    assert seen["init"] is None and fresh != (src / "tokenizer.model").read_bytes() and "warm_start" in BASE_FIELDS
 
 
 def test_first_term_max_is_validated():
