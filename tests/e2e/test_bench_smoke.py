@@ -84,9 +84,8 @@ def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
                "regime.clean_steps=2", "--regime-only")  # fmt: skip
     assert r.returncode == 0, r.stderr[-4000:]
     assert "sft step 4/4" in r.stderr and (warm / "regime" / "regime.json").exists()
-    for name in ("init/model.safetensors", "tokenizer.model"):
-        assert (warm / "regime" / name).read_bytes() == (ckpt / "model.safetensors" if name.startswith("init")
-                                                         else out / "regime" / "tokenizer.model").read_bytes()
+    assert (warm / "regime" / "init" / "model.safetensors").read_bytes() == (ckpt / "model.safetensors").read_bytes()
+    assert (warm / "regime" / "tokenizer.model").read_bytes() == (out / "regime" / "tokenizer.model").read_bytes()
 
 
 def test_unknown_preset_lists_them(tmp_path):
