@@ -1,5 +1,7 @@
 """Rejection-sampling sourcer: killed mid-run (exception from generate, truncated shard line) and resumed."""
 
+import logging
+
 import pytest
 
 from prefixrl.flops import FlopCounter
@@ -78,10 +80,15 @@ def _check_final(out_dir):
     return progress
 
 
-def test_uninterrupted_run(tmp_path):
+def test_uninterrupted_run(tmp_path, caplog):
     model = FakeModel()
-    summary = run_sourcer(_cfg(tmp_path), _problems(), generate_fn=model, verifier=_verify, format_prompt=_fmt)
+    with caplog.at_level(logging.INFO, logger="prefixrl.sourcer"):
+        summary = run_sourcer(_cfg(tmp_path), _problems(), generate_fn=model, verifier=_verify, format_prompt=_fmt)
     progress = _check_final(tmp_path)
+    rounds = [r.getMessage() for r in caplog.records if "problems finished" in r.getMessage()]
+    total = sum(p.num_attempts for p in progress.values())
+    assert len(rounds) > 1 and "rank 0: 6 of 6" not in rounds[0]  # one line per round, not one at the end
+    assert rounds[-1] == f"rank 0: 6 of 6 problems finished (5 solved, 1 unsolved at the cap), {total} attempts so far"
     assert summary.num_solved == 5 and summary.num_unsolved == 1
     # with no kill, recorded attempts are exact: the round (of 4) containing the success is the last
     assert progress["p3"].num_attempts == 4 and progress["p4"].num_attempts == 16
