@@ -199,17 +199,18 @@ def run_sourcer(
                     shard=f,
                 )
                 active = [p for p in active if not progress[p.problem_id].done]
-                _log_round(cfg.rank, summary, num_attempts=sum(p.num_attempts for p in progress.values()))
+                _log_round(cfg.rank, summary)
                 refill = cfg.problems_per_round - len(active)
                 active, todo = active + todo[:refill], todo[refill:]
     logger.info("rank %d: %d solved, %d unsolved at the cap", cfg.rank, summary.num_solved, summary.num_unsolved)
     return summary
 
 
-def _log_round(rank: int, summary: SourcingSummary, *, num_attempts: int) -> None:
+def _log_round(rank: int, summary: SourcingSummary) -> None:
     """One progress line per round: a sourcing stage can run for an hour, and a killed run keeps every round it
     logged (one durable shard line per problem and round)."""
     done = sum(p.done for p in summary.progress.values())
+    num_attempts = sum(p.num_attempts for p in summary.progress.values())
     logger.info("rank %d: %d of %d problems finished (%d solved, %d unsolved at the cap), %d attempts so far",
                 rank, done, len(summary.progress), summary.num_solved, summary.num_unsolved, num_attempts)
 
