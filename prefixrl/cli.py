@@ -288,7 +288,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "from the same base at the same FLOPs budget, on the real stack (Megatron-Core + vLLM); --set methods=... "
         "picks some (and the prefixrl_sound diagnostic, only when named). Writes "
         "<out>/report/table.md, results.json and plots; an interrupted run restarted with the same arguments resumes "
-        "without redoing finished (method, seed) runs. docs/reproduction.md has the full run and its analysis.\n\n"
+        "without redoing finished (method, seed) runs, and a run stopped mid-way continues from its last snapshot "
+        "(taken at every evaluation, and at the end of the step on SIGTERM/SIGUSR1, which then exit 0). "
+        "docs/reproduction.md has the full run and its analysis.\n\n"
         "  prefixrl bench reproduce --preset smoke --out runs/repro-smoke      # minutes\n"
         "  prefixrl bench reproduce --preset full --seeds 3 --out runs/repro    # hours on 2 cores")
     r.add_argument("--preset", required=True, help="smoke, small or full")
@@ -318,6 +320,9 @@ def _bench_reproduce(args: argparse.Namespace) -> None:
     settings = apply_overrides(get_preset(args.preset, seeds=args.seeds), overrides)
     out = args.out or f"runs/repro-{args.preset}"
     report = run_benchmark(out, settings, base_from=args.base_from, regime_only=args.regime_only)
+    if "stopped" in report:
+        print(f"prefixrl bench reproduce: stopped on a signal: {report['stopped']}")
+        return
     if not args.regime_only:
         print((Path(out) / "report" / "table.md").read_text())
     reg = report.get("regime", {})

@@ -24,14 +24,23 @@ Diagnostics (DIAGNOSTICS; run only when named in `methods`, never by default):
 FLOPs (prefixrl.flops): sampling 2N per prompt + prefix + completion token, training 6N per trained token, evaluation
 not charged; the sourcing cost is charged up front to every method that uses the traces. Megatron and vLLM are
 imported inside the functions.
+
+A run is resumable mid-way: at every evaluation point (and at the end of the step in which a stop is requested, e.g.
+by SIGTERM) it saves a snapshot (policy weights, Adam state, scheduler, FLOPs, the curve so far, its phase) under
+`Context.snapshots`; a run that finds one continues from it. Every step's prompts, sampling seed and SFT batch are a
+function of (seed, step), so the continued run draws what the uninterrupted one would have.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,6 +123,14 @@ class Context:
     each seed (0 while prefixrl itself runs)."""
     budget_rl: float = 0.0
     """The prefixrl run's FLOPs without sourcing: evaluation points sit at its eval_every fractions of it."""
+    snapshots: Path | None = None
+    """Where runs keep their resumable snapshot (`<snapshots>/<method>/seed<k>.snapshot/`); None: no snapshots."""
+    should_stop: Callable[[], bool] = lambda: False
+    """Polled after every step: when true, the run saves a snapshot and raises RunStopped."""
+
+
+class RunStopped(Exception):
+    """A run saved a snapshot and stopped because `Context.should_stop` asked it to; rerunning resumes it."""
 
 
 @dataclass(slots=True)
@@ -128,10 +145,15 @@ class Curve:
     """{"step", "flops" (with sourcing when charged), "flops_rl", "<split>/pass@1", ...} per evaluation."""
     steps: list[dict[str, float]] = field(default_factory=list)
     """{"step", "flops", "entropy", "reward", "grad_norm"} per optimizer step."""
+    wall_s: float = 0.0
+    """Seconds of training and evaluation, summed over the processes that ran it (a resumed run counts both)."""
+    resumed_at: list[int] = field(default_factory=list)
+    """Steps at which the run was continued from a snapshot."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "seed": self.seed, "uses_traces": self.uses_traces,
-                "sourcing_flops": self.sourcing_flops, "points": self.points, "steps": self.steps}  # fmt: skip
+                "sourcing_flops": self.sourcing_flops, "points": self.points, "steps": self.steps,
+                "wall_s": self.wall_s, "resumed_at": self.resumed_at}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ shared pieces
@@ -160,8 +182,17 @@ def _evaluate(ctx: Context, seed: int) -> dict[str, float]:
     return out
 
 
+def snapshot_dir(root: Path, method: str, seed: int) -> Path:
+    """Where the (method, seed) run keeps its snapshot under `Context.snapshots`."""
+    return root / method / f"seed{seed}.snapshot"
+
+
+_SNAPSHOT_STATE = "run_state.json"
+
+
 class _Run:
-    """Policy + FLOP counter + curve of one (method, seed); the engine starts from the base weights."""
+    """Policy + FLOP counter + curve of one (method, seed); the engine starts from the base weights, or from the
+    run's snapshot when it has one (then everything else does too)."""
 
     def __init__(self, ctx: Context, method: str, seed: int, *, uses_traces: bool, lr: float) -> None:
         from megatron_ext.runtime import seed_all
@@ -169,8 +200,28 @@ class _Run:
         from prefixrl.sourcer import charge_sourcing
 
         seed_all(seed)
-        self.ctx, self.seed = ctx, seed
+        self.ctx, self.seed, self.t0 = ctx, seed, time.perf_counter()
+        self.dir = snapshot_dir(ctx.snapshots, method, seed) if ctx.snapshots is not None else None
+        state = _read_snapshot_state(self.dir)
+        self.lr = state["lr"] if state else lr
+        """The learning rate now (a phase may change it: `set_lr`)."""
         self.policy = _policy(ctx, lr=lr)
+        if self.lr != lr:
+            self.policy.set_lr(self.lr)  # the scheduler checks its peak and floor against the snapshot's
+        self.phase = "main"
+        """Which part of a multi-part method has been reached (sft_rl: "main" = SFT, then "rl")."""
+        if state:
+            self.policy.load(self.dir)
+            self.flops = FlopCounter.from_dict(state["flops"])
+            self.curve = Curve(**state["curve"])
+            self.step, self.eval_at, self.phase = state["step"], state["eval_at"], state["phase"]
+            if self.policy.step != self.step:
+                raise RuntimeError(f"snapshot {self.dir} is inconsistent: policy step {self.policy.step}, run step "
+                                   f"{self.step}; delete the directory to redo the run from the start")
+            self.curve.resumed_at.append(self.step)
+            logger.info("%s seed %d: resuming from the snapshot at step %d (%s)", method, seed, self.step, self.dir)
+            self.sync()
+            return
         self.flops = FlopCounter(num_params=ctx.num_params)
         if uses_traces:
             charge_sourcing(self.flops, ctx.sourcing_progress)
@@ -179,6 +230,27 @@ class _Run:
         self.eval_at = _eval_points(ctx, uses_traces=uses_traces)
         self.sync()
         self.point()
+
+    def set_lr(self, lr: float) -> None:
+        self.policy.set_lr(lr)
+        self.lr = lr
+
+    def snapshot(self) -> None:
+        """Save everything the run needs to continue (the policy first, then the state that names it)."""
+        from prefixrl.session import prune_checkpoints
+
+        if self.dir is None:
+            return
+        self.policy.save(self.dir)
+        prune_checkpoints(self.dir, keep_last=1)
+        wall = self.curve.wall_s + time.perf_counter() - self.t0
+        curve = {**self.curve.to_dict(), "wall_s": wall}
+        state = {"step": self.step, "phase": self.phase, "lr": self.lr, "eval_at": self.eval_at,
+                 "flops": self.flops.to_dict(), "curve": curve}  # fmt: skip
+        tmp = self.dir / (_SNAPSHOT_STATE + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.dir / _SNAPSHOT_STATE)
+        logger.info("%s seed %d: snapshot at step %d", self.curve.method, self.seed, self.step)
 
     def sync(self) -> None:
         from prefixrl.train import sync_weights
@@ -207,6 +279,11 @@ class _Run:
                                  "grad_norm": m.get("policy/grad_norm", math.nan)})  # fmt: skip
         if self._eval_due():
             self.point()
+            self.snapshot()
+        if self.ctx.should_stop():
+            self.snapshot()
+            raise RunStopped(f"{self.curve.method} seed {self.seed} stopped at step {self.step} (snapshot in "
+                             f"{self.dir}); rerun the same command to resume it")
 
     def _eval_due(self) -> bool:
         """PrefixRL (no budget yet) evaluates every eval_every steps; every other method on the first step that
@@ -224,7 +301,15 @@ class _Run:
         if self.curve.points[-1]["step"] != self.step:
             self.point()
         del self.policy
+        self.curve.wall_s += time.perf_counter() - self.t0
         return self.curve
+
+
+def _read_snapshot_state(path: Path | None) -> dict[str, Any] | None:
+    """A run's saved state, or None when it has no snapshot (the state file is written after the policy's save)."""
+    if path is None or not (path / _SNAPSHOT_STATE).exists():
+        return None
+    return json.loads((path / _SNAPSHOT_STATE).read_text())
 
 
 def _eval_points(ctx: Context, *, uses_traces: bool) -> list[float] | None:
@@ -248,8 +333,9 @@ def _sampled_tokens(groups: Sequence[RolloutGroup]) -> int:
 
 
 def _on_policy(ctx: Context, method: str, seed: int, *, pool: Sequence[PrefixedProblem], n: int,
-               uses_traces: bool, run: _Run | None = None, steps: int | None = None) -> Curve:
-    """Plain on-policy RL over `pool` (prefixed or not) until the budget (or `steps`)."""
+               uses_traces: bool, run: _Run | None = None, steps: int | None = None, offset: int = 0) -> Curve:
+    """Plain on-policy RL over `pool` (prefixed or not) until the budget (or `steps`); `run` steps before `offset`
+    belong to an earlier phase (RL step i is run step offset + i)."""
     from megatron_ext.hooks import policy_gradient_loss
     from prefixrl.advantages import get_estimator
     from prefixrl.batching import RLBatch
@@ -261,7 +347,7 @@ def _on_policy(ctx: Context, method: str, seed: int, *, pool: Sequence[PrefixedP
                         temperature=ctx.temperature, seed=seed)
     estimator = get_estimator("reinforce")
     cap = steps if steps is not None else int(s.prefixrl_steps * s.max_steps_factor)
-    for i in range(cap):
+    for i in range(run.step - offset, cap):
         if steps is None and run.spent() >= ctx.budget:
             break
         groups = generate_groups(ctx.engine, draw_prompts(pool, step=i, k=s.prompts_per_step, seed=seed), s=loop,
@@ -291,7 +377,7 @@ def _with_traces(ctx: Context, method: str, seed: int, *, n_on: int,
     loop = LoopSettings(steps=0, prompts_per_step=s.prompts_per_step, n=n_on, max_new_tokens=s.gen_tokens,
                         temperature=ctx.temperature, seed=seed)
     estimator = get_estimator("reinforce")
-    for i in range(int(s.prefixrl_steps * s.max_steps_factor)):
+    for i in range(run.step, int(s.prefixrl_steps * s.max_steps_factor)):
         if run.spent() >= ctx.budget:
             break
         groups = generate_groups(ctx.engine, draw_prompts(pool, step=i, k=s.prompts_per_step, seed=seed), s=loop,
@@ -311,14 +397,15 @@ def _with_traces(ctx: Context, method: str, seed: int, *, n_on: int,
 
 def _sft_steps(run: _Run, examples: Sequence[tuple[list[int], list[int]]], *, steps: int, batch: int,
                seed: int, budget: float | None = None) -> None:
-    """SFT steps on (prompt ids, target ids) pairs drawn with replacement; 6N per trained token."""
+    """SFT steps (from the run's step up to `steps`) on (prompt ids, target ids) pairs drawn with replacement, each
+    step's draw a function of (seed, step); 6N per trained token."""
     from megatron_ext.hooks import sft_loss
     from prefixrl.batching import RLBatch
 
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
+    for k in range(run.step, steps):
         if budget is not None and run.spent() >= budget:
             break
+        g = torch.Generator().manual_seed(seed * 1_000_003 + k)
         idx = torch.randint(len(examples), (batch,), generator=g).tolist()
         rl = RLBatch.from_lists([examples[i][0] for i in idx], [examples[i][1] for i in idx], [1.0] * batch,
                                 pad_id=run.ctx.tokenizer.pad_id)  # fmt: skip
@@ -352,11 +439,15 @@ def sft_rl(ctx: Context, seed: int) -> Curve:
     s = ctx.s
     run = _Run(ctx, "sft_rl", seed, uses_traces=True, lr=s.sft_lr)  # one optimizer: SFT at sft_lr, then RL at lr
     data = [(t.prompt_ids, list(t.trace_ids)) for t in ctx.traces.values()]
-    _sft_steps(run, data, steps=max(1, math.ceil(s.sft_epochs * len(data) / s.sft_batch)), batch=s.sft_batch,
-               seed=seed)  # fmt: skip
-    run.point()
-    run.policy.set_lr(s.lr)
-    return _on_policy(ctx, "sft_rl", seed, pool=ctx.pools["unprefixed"], n=s.n, uses_traces=True, run=run)
+    sft = max(1, math.ceil(s.sft_epochs * len(data) / s.sft_batch))
+    if run.phase == "main":
+        _sft_steps(run, data, steps=sft, batch=s.sft_batch, seed=seed)
+        run.point()
+        run.set_lr(s.lr)
+        run.phase = "rl"
+        run.snapshot()
+    return _on_policy(ctx, "sft_rl", seed, pool=ctx.pools["unprefixed"], n=s.n, uses_traces=True, run=run,
+                      offset=sft)  # fmt: skip
 
 
 def offpolicy_is(ctx: Context, seed: int) -> Curve:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from prefixrl.bench.methods import DIAGNOSTICS, METHODS, RUNS, RLSettings
+from prefixrl.bench.methods import DIAGNOSTICS, METHODS, RUNS, RLSettings, RunStopped, snapshot_dir
 from prefixrl.bench.regime import RegimeSettings
 
 logger = logging.getLogger(__name__)
@@ -101,8 +102,9 @@ def run_benchmark(out_dir: str | Path, s: BenchSettings, *, base_from: str | Pat
                   regime_only: bool = False) -> dict[str, Any]:
     """All stages (module docstring); returns the report. `base_from`: another benchmark directory whose finished
     base stage (same base settings) is copied instead of training one (`regime.adopt_base`). `regime_only`: stop
-    after the regime stage (base, probe, splits, sourcing, figures) and return {"regime": its figures}. Needs
-    nothing initialised (it initialises Megatron)."""
+    after the regime stage (base, probe, splits, sourcing, figures) and return {"regime": its figures}. On SIGTERM
+    or SIGUSR1 during the methods, the running one snapshots at the end of its step and {"stopped": why} is returned
+    (no report); the next start resumes it. Needs nothing initialised (it initialises Megatron)."""
     from megatron_ext import runtime
 
     out = Path(out_dir)
@@ -124,7 +126,16 @@ def run_benchmark(out_dir: str | Path, s: BenchSettings, *, base_from: str | Pat
         reg, engine = _regime(out, s)
         if regime_only:
             return {"regime": reg.figures}
-        run_methods(out, s, _context(reg, engine, s))
+        from prefixrl.train import StopRequest
+
+        ctx = _context(reg, engine, s)
+        with StopRequest() as stop:  # SIGTERM / SIGUSR1: the running method snapshots at the end of its step
+            ctx.should_stop = stop
+            try:
+                run_methods(out, s, ctx)
+            except RunStopped as e:
+                logger.warning("bench: %s", e)
+                return {"stopped": str(e)}
     finally:
         if engine is not None:
             engine.shutdown()
@@ -140,6 +151,7 @@ def run_methods(out: Path, s: BenchSettings, ctx: Any) -> None:
     """Every (seed, method) not finished yet -> out/runs/<method>/seed<k>.json; finished ones are read back. Each
     seed's budget is its own PrefixRL run's total, so PrefixRL starts every seed without one (and evaluates every
     eval_every steps, not at another seed's FLOPs points)."""
+    ctx.snapshots = out / "runs"
     for seed in range(s.seeds):
         ctx.budget = ctx.budget_rl = 0.0
         for name in s.methods:
@@ -148,13 +160,12 @@ def run_methods(out: Path, s: BenchSettings, ctx: Any) -> None:
                 curve = json.loads(path.read_text())
             else:
                 logger.info("bench: %s seed %d", name, seed)
-                t = time.perf_counter()
                 curve = RUNS[name](ctx, seed).to_dict()
-                curve["wall_s"] = time.perf_counter() - t
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(curve))
                 tmp.replace(path)
+                shutil.rmtree(snapshot_dir(ctx.snapshots, name, seed), ignore_errors=True)
             if name == "prefixrl":
                 ctx.budget, ctx.budget_rl = curve["points"][-1]["flops"], curve["points"][-1]["flops_rl"]
 
@@ -164,12 +175,14 @@ def _check_settings_file(out: Path, s: BenchSettings) -> None:
     methods may change: a (method, seed) run depends only on those settings and on its seed's PrefixRL run, so a
     method added later runs against the same budgets and the finished runs are kept (the report lists the methods
     named this time). Until a method has finished a run, the RL settings may change too: a directory that holds
-    only a regime stage (e.g. from --regime-only) takes the methods with any RL settings."""
+    only a regime stage (e.g. from --regime-only) takes the methods with any RL settings; a run's snapshot (a
+    method stopped mid-way) counts as started."""
     path = out / "settings.json"
     new = asdict(s)
     if path.exists():
         old = _with_new_defaults(json.loads(path.read_text()), json.loads(json.dumps(asdict(BenchSettings()))))
-        free = ("seeds", "methods") if any((out / "runs").glob("*/seed*.json")) else ("seeds", "methods", "rl")
+        started = any((out / "runs").glob("*/seed*.json")) or any((out / "runs").glob("*/seed*.snapshot"))
+        free = ("seeds", "methods") if started else ("seeds", "methods", "rl")
         if {k: v for k, v in old.items() if k not in free} != json.loads(json.dumps({k: v for k, v in new.items()
                                                                                        if k not in free})):
             raise FileExistsError(f"{out} holds a benchmark with other settings ({path}); choose a new --out")

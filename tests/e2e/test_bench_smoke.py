@@ -1,11 +1,14 @@
 """`prefixrl bench reproduce --preset smoke` end to end on the real stack: every method runs, the table, the regime
-figures and the plots are produced, and a restart after losing one (method, seed) result redoes only that one.
+figures and the plots are produced, a run stopped by SIGTERM continues from its snapshot, and a restart after losing
+one (method, seed) result redoes only that one.
 No thresholds on the (noisy, tiny) numbers."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +29,32 @@ def _bench(out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
     out = tmp_path / "bench"
-    r = _bench(out)
+    # SIGTERM once PrefixRL has finished: the method running then (rl) snapshots at the end of its step, exit 0.
+    proc = subprocess.Popen([sys.executable, "-m", "prefixrl.cli", "bench", "reproduce", "--preset", "smoke", "--out",
+                             str(out)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 900
+    while not (out / "runs" / "prefixrl" / "seed0.json").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "prefixrl did not finish in 900 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "stopped on a signal" in stdout, stderr[-4000:]
+    snaps = list((out / "runs").glob("*/seed0.snapshot"))
+    assert len(snaps) == 1 and (snaps[0] / "run_state.json").exists(), snaps
+    stopped = snaps[0].parent.name
+    assert not (out / "runs" / stopped / "seed0.json").exists()
+    at = json.loads((snaps[0] / "run_state.json").read_text())["step"]
+    assert at >= 1
+
+    r = _bench(out)  # continues the stopped run from its snapshot, then the rest
     assert r.returncode == 0, r.stderr[-4000:]
+    assert f"{stopped} seed 0: resuming from the snapshot at step {at}" in r.stderr
+    assert not list((out / "runs").glob("*/seed*.snapshot")), "snapshots are removed once a run has finished"
+    resumed = json.loads((out / "runs" / stopped / "seed0.json").read_text())
+    assert resumed["resumed_at"] == [at] and resumed["wall_s"] > 0
+    assert [x["step"] for x in resumed["steps"]] == list(range(1, len(resumed["steps"]) + 1)) and len(
+        resumed["steps"]) > at, resumed["steps"]  # each step once, none redone, and the run went on
+    assert [p["step"] for p in resumed["points"]].count(0) == 1
     table = (out / "report" / "table.md").read_text()
     for method in METHODS:
         assert f"| {method} | 1 |" in table, f"{method} missing from the table:\n{table}"

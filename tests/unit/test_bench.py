@@ -381,8 +381,61 @@ def test_evaluations_and_rollouts_sample_at_the_regime_temperature(monkeypatch):
     monkeypatch.setattr(prefixrl.train, "generate_groups", generate_groups)
     ctx.budget = 1.0
     with pytest.raises(Sampled):  # the first rollout of an RL run
-        methods._on_policy(ctx, "rl", 0, pool=probs, n=2, uses_traces=False, run=SimpleNamespace(spent=lambda: 0.0))
+        methods._on_policy(ctx, "rl", 0, pool=probs, n=2, uses_traces=False,
+                           run=SimpleNamespace(step=0, spent=lambda: 0.0))
     assert calls == [0.7, 0.7]
+
+
+def test_a_resumed_run_continues_at_its_step_and_phase(monkeypatch):
+    """The control flow of resuming (the snapshot itself is saved and loaded by the real stack in the e2e smoke
+    test): RL step i of a run is run step offset + i, and sft_rl skips its SFT phase once the snapshot says "rl"."""
+    from types import SimpleNamespace
+
+    import prefixrl.train
+    from prefixrl.bench import methods
+    from prefixrl.records import Problem
+
+    class Sampled(Exception):
+        pass
+
+    steps = []
+
+    def generate_groups(engine, prompts, *, s, step, tokenizer, verifier):
+        steps.append(step)
+        raise Sampled
+
+    monkeypatch.setattr(prefixrl.train, "generate_groups", generate_groups)
+    probs = [Problem(problem_id=f"p{i}", prompt="x", answer="1") for i in range(3)]
+    ctx = SimpleNamespace(s=RLSettings(), budget=1.0, temperature=1.0, engine=None, tokenizer=None, verifier=None,
+                          traces={"a": SimpleNamespace(prompt_ids=[1], trace_ids=[2])}, pools={"unprefixed": probs})
+    with pytest.raises(Sampled):
+        methods._on_policy(ctx, "sft_rl", 0, pool=probs, n=2, uses_traces=True, offset=5,
+                           run=SimpleNamespace(step=12, spent=lambda: 0.0))  # fmt: skip
+    assert steps == [7]
+
+    events = []
+
+    class Run:
+        def __init__(self, ctx, method, seed, *, uses_traces, lr):
+            self.step, self.phase = 8, phase
+
+        def point(self):
+            events.append("point")
+
+        def set_lr(self, lr):
+            events.append(f"lr={lr}")
+
+        def snapshot(self):
+            events.append(f"snapshot {self.phase}")
+
+    monkeypatch.setattr(methods, "_Run", Run)
+    monkeypatch.setattr(methods, "_sft_steps", lambda run, data, *, steps, batch, seed: events.append(f"sft {steps}"))
+    monkeypatch.setattr(methods, "_on_policy", lambda *a, run, offset, **k: events.append(f"rl from {offset}"))
+    for phase, expected in (("main", ["sft 1", "point", f"lr={ctx.s.lr}", "snapshot rl", "rl from 1"]),
+                            ("rl", ["rl from 1"])):  # fmt: skip
+        events.clear()
+        methods.sft_rl(ctx, 0)
+        assert events == expected, (phase, events)
 
 
 def test_report_gives_the_gain_with_and_without_sourcing_charged():
