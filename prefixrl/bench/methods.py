@@ -210,8 +210,10 @@ class _Run:
             self.policy.set_lr(self.lr)  # the scheduler checks its peak and floor against the snapshot's
         self.phase = "main"
         """Which part of a multi-part method has been reached (sft_rl: "main" = SFT, then "rl")."""
+        self.saves = state["saves"] if state else 0
+        """Snapshots taken so far; each goes to a new directory, so the one the state names is never overwritten."""
         if state:
-            self.policy.load(self.dir)
+            self.policy.load(self.dir / state["policy"])
             self.flops = FlopCounter.from_dict(state["flops"])
             self.curve = Curve(**state["curve"])
             self.step, self.eval_at, self.phase = state["step"], state["eval_at"], state["phase"]
@@ -236,20 +238,25 @@ class _Run:
         self.lr = lr
 
     def snapshot(self) -> None:
-        """Save everything the run needs to continue (the policy first, then the state that names it)."""
-        from prefixrl.session import prune_checkpoints
+        """Save everything the run needs to continue: the policy into a new directory, then the state that names
+        it (atomically), then the older policy saves are deleted; a kill anywhere leaves a state and its save."""
+        import shutil
 
         if self.dir is None:
             return
-        self.policy.save(self.dir)
-        prune_checkpoints(self.dir, keep_last=1)
+        self.saves += 1
+        name = f"save{self.saves:05d}"
+        path = self.policy.save(self.dir / name)
         wall = self.curve.wall_s + time.perf_counter() - self.t0
         curve = {**self.curve.to_dict(), "wall_s": wall}
-        state = {"step": self.step, "phase": self.phase, "lr": self.lr, "eval_at": self.eval_at,
-                 "flops": self.flops.to_dict(), "curve": curve}  # fmt: skip
+        state = {"step": self.step, "phase": self.phase, "lr": self.lr, "eval_at": self.eval_at, "saves": self.saves,
+                 "policy": str(path.relative_to(self.dir)), "flops": self.flops.to_dict(), "curve": curve}  # fmt: skip
         tmp = self.dir / (_SNAPSHOT_STATE + ".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.dir / _SNAPSHOT_STATE)
+        for old in self.dir.glob("save*"):
+            if old.name != name:
+                shutil.rmtree(old)
         logger.info("%s seed %d: snapshot at step %d", self.curve.method, self.seed, self.step)
 
     def sync(self) -> None:
@@ -277,11 +284,12 @@ class _Run:
         self.curve.steps.append({"step": self.step, "flops": self.flops.total(include_sourcing=True),
                                  "entropy": m.get("policy/entropy", math.nan), "reward": reward,
                                  "grad_norm": m.get("policy/grad_norm", math.nan)})  # fmt: skip
-        if self._eval_due():
+        due, stop = self._eval_due(), self.ctx.should_stop()
+        if due:
             self.point()
+        if due or stop:
             self.snapshot()
-        if self.ctx.should_stop():
-            self.snapshot()
+        if stop:
             raise RunStopped(f"{self.curve.method} seed {self.seed} stopped at step {self.step} (snapshot in "
                              f"{self.dir}); rerun the same command to resume it")
 
