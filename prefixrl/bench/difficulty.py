@@ -77,3 +77,14 @@ def rates_by_group(rounds: Mapping[str, int | None], groups: Mapping[str, Any], 
         out[str(g)] = {"problems": len(rs), "sourced": sum(r is not None for r in rs) / len(rs),
                        "p_per_sample": fit["p_per_sample"]}  # fmt: skip
     return out
+
+
+def chance_floor(answer_space: int, *, k: int, cap: int) -> dict[str, float]:
+    """What a guesser that writes a uniformly random answer out of `answer_space` scores on the regime figures:
+    {"p_per_sample": 1 / answer_space, "pass_at_k": its pass@k, "sourced_fraction": the share of problems it solves
+    within `cap` attempts}. A regime whose base is near these numbers measures luck: at 1,000 answers and a cap of
+    1,024 the guesser sources 64 % of the problems (docs/reproduction.md, session 15)."""
+    if answer_space < 1 or k < 1 or cap < 1:
+        raise ValueError(f"need answer_space={answer_space}, k={k} and cap={cap} all >= 1")
+    p = 1.0 / answer_space
+    return {"p_per_sample": p, "pass_at_k": 1.0 - (1.0 - p) ** k, "sourced_fraction": 1.0 - (1.0 - p) ** cap}

@@ -440,6 +440,11 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     from prefixrl.tasks.arith import TRACE_KINDS, ArithVerifier, trace_kind
 
     out.mkdir(parents=True, exist_ok=True)
+    if (floor := chance(s))["sourced_fraction"] >= 0.1:
+        logger.warning("regime: a uniformly random answer out of %d solves %.0f %% of the problems within the "
+                       "sourcing cap of %d, so sourced traces can be luck; raise regime.max_answer (and "
+                       "first_term_max) or lower regime.source_cap",
+                       s.max_answer + 1, 100 * floor["sourced_fraction"], s.source_cap)
     base_info = train_base(out, s)
     tokenizer = load_tokenizer(out / "tokenizer.model")
     check_gen_tokens("regime.gen_tokens", s.gen_tokens, s, level=max(s.levels), tokenizer=tokenizer)
@@ -454,8 +459,10 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     fig_path = out / "regime.json"
     if fig_path.exists():
         figures = json.loads(fig_path.read_text())
-        if "difficulty" not in figures:  # a figure added since this directory's regime stage: from its sourcing log
-            figures["difficulty"] = difficulty_figures(out, s, splits["train_hard"])
+        added = {"difficulty": lambda: difficulty_figures(out, s, splits["train_hard"]), "chance": lambda: chance(s)}
+        missing = [k for k in added if k not in figures]  # figures added since this directory's regime stage
+        if missing:
+            figures |= {k: added[k]() for k in missing}
             fig_path.write_text(json.dumps(figures, indent=1))
         return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
     ecfg = EvalConfig(num_samples=s.probe_k, temperature=s.temperature, max_tokens=s.gen_tokens, seed=s.seed + 3)
@@ -490,7 +497,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         "sound_trace_fraction": kinds.count("sound") / max(1, len(kinds)),
         "sourced_trace_kinds": {k: kinds.count(k) for k in TRACE_KINDS},
         "prefix_success": success["all"], "prefix_success_by_trace": success,
-        "difficulty": difficulty_figures(out, s, splits["train_hard"]), "wall_s": wall,
+        "difficulty": difficulty_figures(out, s, splits["train_hard"]), "chance": chance(s), "wall_s": wall,
         "base": {k: v for k, v in base_info.items() if k != "loss_curve"}, "probe": probe,
     }  # fmt: skip
     fig_path.write_text(json.dumps(figures, indent=1))
@@ -501,6 +508,14 @@ def sourcing_round(s: RegimeSettings) -> int:
     """Samples per problem per sourcing round (the sourcer's samples_per_round; the difficulty test reads the
     rounds back from the attempts)."""
     return min(64, s.source_cap)
+
+
+def chance(s: RegimeSettings) -> dict[str, float]:
+    """The regime figures of a uniformly random answer (`prefixrl.bench.difficulty.chance_floor`): the floor the
+    base's pass@k and sourced fraction are to be read against."""
+    from prefixrl.bench.difficulty import chance_floor
+
+    return chance_floor(s.max_answer + 1, k=s.probe_k, cap=s.source_cap)
 
 
 def difficulty_figures(out: Path, s: RegimeSettings, train_hard: list[Problem]) -> dict[str, Any] | None:

@@ -194,6 +194,11 @@ def regime_markdown(regime: dict[str, Any]) -> str:
         got = regime[key]
         met = got <= target if op == "<=" else got >= target
         lines.append(f"| {key} | {op} {target:.2f} | {got:.3f} | {'yes' if met else 'NO'} |")
+    floor = regime.get("chance")
+    if floor:
+        lines.append(f"| a uniformly random answer ({regime['answer_space']:,} possible): pass@k, sourced at the cap "
+                     f"(`difficulty.chance_floor`) | - | {floor['pass_at_k']:.4f}, "
+                     f"{floor['sourced_fraction']:.3f} | - |")
     if "sound_trace_fraction" in regime:
         lines.append(f"| sound_trace_fraction (sourced traces whose every step is right) | - | "
                      f"{regime['sound_trace_fraction']:.3f} | - |")

@@ -159,6 +159,10 @@ def test_regime_markdown_marks_unmet_targets():
     assert "| chi2 2.5 on 7 dof, p = 0.925 | - |" in text
     assert "| problems with 0 multiplying terms (60): sourced, success per sample | - | 0.950, 0.0081 | - |" in text
     assert "not measured: the sourcing cap is one round" in regime_markdown(regime | {"difficulty": None})
+    regime |= {"answer_space": 10_000,
+               "chance": {"p_per_sample": 1e-4, "pass_at_k": 0.0008, "sourced_fraction": 0.0973}}
+    assert ("| a uniformly random answer (10,000 possible): pass@k, sourced at the cap (`difficulty.chance_floor`) "
+            "| - | 0.0008, 0.097 | - |") in regime_markdown(regime)
 
 
 def _mb(B=4, T=6, seed=0):

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from prefixrl.bench.difficulty import chi2_sf, first_success_rounds, geometric_fit, rates_by_group
+from prefixrl.bench.difficulty import chance_floor, chi2_sf, first_success_rounds, geometric_fit, rates_by_group
 
 
 def test_chi2_sf_matches_table_values():
@@ -55,3 +55,18 @@ def test_first_success_rounds_and_errors():
         geometric_fit([1, 9], max_rounds=8, samples_per_round=64)
     with pytest.raises(ValueError, match="max_rounds=1"):
         geometric_fit([1], max_rounds=1, samples_per_round=64)
+
+
+def test_chance_floor_matches_a_simulated_guesser_and_the_session_15_figure():
+    rng = random.Random(0)
+    space, cap, k, problems = 50, 40, 8, 4000
+    answers = [rng.randrange(space) for _ in range(problems)]
+    sourced = sum(any(rng.randrange(space) == a for _ in range(cap)) for a in answers) / problems
+    hit_in_k = sum(any(rng.randrange(space) == a for _ in range(k)) for a in answers) / problems
+    floor = chance_floor(space, k=k, cap=cap)
+    assert floor["sourced_fraction"] == pytest.approx(sourced, abs=0.03)  # 0.554; 3 standard errors is 0.024
+    assert floor["pass_at_k"] == pytest.approx(hit_in_k, abs=0.015)  # 0.149
+    assert chance_floor(1000, k=8, cap=1024)["sourced_fraction"] == pytest.approx(0.641, abs=1e-3)
+    assert chance_floor(10_000, k=8, cap=1024)["sourced_fraction"] == pytest.approx(0.0973, abs=1e-3)
+    with pytest.raises(ValueError, match="answer_space=0"):
+        chance_floor(0, k=8, cap=1024)
