@@ -290,9 +290,9 @@ BASE_FIELDS = ("levels", "per_level", "orders_per_problem", "first_term_max", "m
                "multiply_prob", "multipliers", "labels", "random_label_start", "slip_rate", "clean_steps",
                "early_slip_rate", "width", "sft_steps", "sft_batch", "sft_lr", "checkpoints", "seed", "warm_start")
 """The RegimeSettings fields the base model (and its tokenizer) depends on."""
-PROBE_FIELDS = (*BASE_FIELDS, "probe_problems", "probe_k", "target_pass_at_k", "medium_pass_at_k", "gen_tokens",
-                "temperature")
-"""The fields the level probe depends on as well (its confirmation step records and checks its own)."""
+PROBE_FIELDS = (*BASE_FIELDS, "probe_problems", "probe_k", "gen_tokens", "temperature")
+"""The fields the level probe's curve depends on as well (the level targets only pick from it; its confirmation step
+records and checks its own checkpoint, problem count and target)."""
 
 
 def adopt_base(src: Path, out: Path, s: RegimeSettings, src_settings: dict[str, Any]) -> list[str]:
@@ -364,8 +364,7 @@ def probe_levels(out: Path, s: RegimeSettings, *, engine: Any, tokenizer: Any) -
             logger.info("probe %s: %s", ck.name, curve[ck.name])
         info = {"pass_at_k": s.probe_k, "curve": curve, "wall_s": time.perf_counter() - t0}
         done.write_text(json.dumps(info, indent=1))
-    confirm_for = {"checkpoint": s.base_checkpoint, "problems": s.confirm_problems}
-    if s.confirm_problems and info.get("confirm_for") != confirm_for:
+    if s.confirm_problems and info.get("confirm_for") != (confirm_for := confirmation_key(s)):
         t0 = time.perf_counter()
         engine.update_weights(iter(hf_tensors(base_checkpoint_dir(out, s))))
         row = {int(lv): v for lv, v in info["curve"][s.base_checkpoint].items()}
@@ -376,6 +375,12 @@ def probe_levels(out: Path, s: RegimeSettings, *, engine: Any, tokenizer: Any) -
         logger.info("probe: hard level confirmed on %d problems: %s", s.confirm_problems, info["confirm"])
         done.write_text(json.dumps(info, indent=1))
     return info
+
+
+def confirmation_key(s: RegimeSettings) -> dict[str, Any]:
+    """What the hard level's confirmation in probe.json was measured for: another checkpoint, problem count or
+    target redoes it (a probe.json written before the target was recorded is confirmed again)."""
+    return {"checkpoint": s.base_checkpoint, "problems": s.confirm_problems, "target": s.target_pass_at_k}
 
 
 def confirm_hard_level(row: dict[int, float], s: RegimeSettings, measure: Callable[[int], float]) -> dict[int, float]:
@@ -398,7 +403,7 @@ def pick_levels(probe: dict[str, Any], s: RegimeSettings) -> tuple[int, int]:
     row = {int(lv): v for lv, v in probe["curve"][s.base_checkpoint].items()}
     hard = next((lv for lv in s.levels if row[lv] <= s.target_pass_at_k), max(s.levels))
     if s.confirm_problems:
-        if probe.get("confirm_for") != {"checkpoint": s.base_checkpoint, "problems": s.confirm_problems}:
+        if probe.get("confirm_for") != confirmation_key(s):
             raise RuntimeError(f"the probe holds no confirmation on {s.confirm_problems} problems at "
                                f"{s.base_checkpoint} (it has {probe.get('confirm_for')}); probe_levels makes it")
         hard = max(int(lv) for lv in probe["confirm"])

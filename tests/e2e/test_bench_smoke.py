@@ -65,7 +65,7 @@ def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
         assert (out / "report" / png).stat().st_size > 10_000
     assert "gain_at_rl_flops" in results and "rl" in results["at_prefixrl_rl_flops"]
     regime = json.loads((out / "regime" / "regime.json").read_text())  # the probe's pick, confirmed at the base
-    assert regime["probe"]["confirm_for"] == {"checkpoint": "base", "problems": 8}
+    assert regime["probe"]["confirm_for"] == {"checkpoint": "base", "problems": 8, "target": 0.5}
     assert regime["hard_level_terms"] == max(int(lv) for lv in regime["probe"]["confirm"])
     budget = json.loads((out / "runs" / "prefixrl" / "seed0.json").read_text())["points"][-1]
     trace_run = json.loads((out / "runs" / "prefixed_only" / "seed0.json").read_text())  # pays the sourcing

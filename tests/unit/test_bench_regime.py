@@ -157,6 +157,8 @@ def test_adopt_base_copies_a_matching_base_and_refuses_another(tmp_path):
     assert "probe.json" not in copied and (tmp_path / "b" / "base.json").exists()
     copied = adopt_base(src, tmp_path / "t", replace(s, temperature=0.7), settings)  # same base, another probe
     assert "base.json" in copied and "probe.json" not in copied
+    copied = adopt_base(src, tmp_path / "g", replace(s, target_pass_at_k=0.1), settings)  # picks other levels from it
+    assert "probe.json" in copied
     with pytest.raises(ValueError, match=rf"sft_steps={s.sft_steps} \(here 99\)"):
         adopt_base(src, tmp_path / "c", replace(s, sft_steps=99), settings)
     assert not (tmp_path / "c" / "base.json").exists()
@@ -194,8 +196,11 @@ def test_the_hard_level_is_confirmed_on_more_problems_and_moves_longer_while_abo
     assert asked == [6, 8] and confirmed == {6: 0.09, 8: 0.03}
     assert confirm_hard_level(row, s, lambda lv: 0.5) == {6: 0.5, 8: 0.5, 10: 0.5}  # never under: the longest
     probe = {"curve": {"base": {str(k): v for k, v in row.items()}},
-             "confirm": {str(k): v for k, v in confirmed.items()}, "confirm_for": {"checkpoint": "base", "problems": 256}}
+             "confirm": {str(k): v for k, v in confirmed.items()},
+             "confirm_for": {"checkpoint": "base", "problems": 256, "target": 0.05}}
     assert pick_levels(probe, s) == (8, 4)
+    with pytest.raises(RuntimeError, match="no confirmation"):  # confirmed against another target
+        pick_levels(probe, replace(s, target_pass_at_k=0.1))
     assert pick_levels(probe, replace(s, confirm_problems=0)) == (6, 4)
     with pytest.raises(RuntimeError, match="no confirmation on 128 problems"):
         pick_levels(probe, replace(s, confirm_problems=128))
