@@ -15,8 +15,11 @@ when they differ; on a level where they do not, it keeps a random subset (docs/r
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from prefixrl.records import Problem
 
 
 def chi2_sf(x: float, dof: int) -> float:
@@ -88,3 +91,32 @@ def chance_floor(answer_space: int, *, k: int, cap: int) -> dict[str, float]:
         raise ValueError(f"need answer_space={answer_space}, k={k} and cap={cap} all >= 1")
     p = 1.0 / answer_space
     return {"p_per_sample": p, "pass_at_k": 1.0 - (1.0 - p) ** k, "sourced_fraction": 1.0 - (1.0 - p) ** cap}
+
+
+class FirstErrorTally:
+    """A verifier that also counts where the wrong samples it is asked about first go wrong
+    (`prefixrl.tasks.arith.first_error`): wrap the verifier of an evaluation, then read `figures()`. It tells a
+    base whose errors spread along the chain from one that fails one check at one line on every problem (session 16:
+    a term looked up at a fixed line, docs/reproduction.md)."""
+
+    def __init__(self, verifier: Callable[[Problem, str], bool]) -> None:
+        self.verifier = verifier
+        self.errors: Counter[tuple[str, int]] = Counter()
+
+    def __call__(self, problem: Problem, text: str) -> bool:
+        from prefixrl.tasks.arith import first_error
+
+        ok = self.verifier(problem, text)
+        if not ok:
+            self.errors[first_error(problem, text) or ("none", -1)] += 1  # none: a sound chain the verifier refused
+        return ok
+
+    def figures(self, top: int = 6) -> dict[str, Any]:
+        """{"wrong_samples": n, "by_kind": {kind: share}, "top": [[kind, line, share], ...] (the `top` most
+        common first errors)}; shares of the wrong samples."""
+        n = sum(self.errors.values())
+        kinds: Counter[str] = Counter()
+        for (kind, _), c in self.errors.items():
+            kinds[kind] += c
+        return {"wrong_samples": n, "by_kind": {k: c / n for k, c in kinds.most_common()},
+                "top": [[k, line, c / n] for (k, line), c in self.errors.most_common(top)]}

@@ -438,6 +438,7 @@ class Regime:
 
 def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[Regime, Any]:
     """All regime stages (module docstring) -> (Regime, the engine on the base, for the caller to reuse)."""
+    from prefixrl.bench.difficulty import FirstErrorTally
     from prefixrl.engine.generate import EngineGenerateFn
     from prefixrl.evaluation import EvalConfig, evaluate
     from prefixrl.pipeline import load_tokenizer, prompt_formatter, tokenizer_name
@@ -472,8 +473,9 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
     ecfg = EvalConfig(num_samples=s.probe_k, temperature=s.temperature, max_tokens=s.gen_tokens, seed=s.seed + 3)
     t0 = time.perf_counter()
-    base_eval = {name: evaluate(ps, generate_fn=gen, verifier=verifier, format_prompt=fmt, cfg=ecfg).pass_at_k
-                 for name, ps in splits.items()}  # fmt: skip
+    errors = FirstErrorTally(verifier)  # where the base's train_hard samples go wrong
+    base_eval = {name: evaluate(ps, generate_fn=gen, verifier=errors if name == "train_hard" else verifier,
+                                format_prompt=fmt, cfg=ecfg).pass_at_k for name, ps in splits.items()}  # fmt: skip
     wall = {"base_eval": time.perf_counter() - t0}
     run_sourcer(SourcerConfig(out_dir=str(out / "traces"), model="bench-base", tokenizer=tokenizer_name(tokenizer),
                               max_attempts=s.source_cap, samples_per_round=sourcing_round(s),
@@ -502,7 +504,8 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         "sound_trace_fraction": kinds.count("sound") / max(1, len(kinds)),
         "sourced_trace_kinds": {k: kinds.count(k) for k in TRACE_KINDS},
         "prefix_success": success["all"], "prefix_success_by_trace": success,
-        "difficulty": difficulty_figures(out, s, splits["train_hard"]), "chance": chance(s), "wall_s": wall,
+        "difficulty": difficulty_figures(out, s, splits["train_hard"]), "chance": chance(s),
+        "base_first_errors": errors.figures(), "wall_s": wall,
         "base": {k: v for k, v in base_info.items() if k != "loss_curve"}, "probe": probe,
     }  # fmt: skip
     fig_path.write_text(json.dumps(figures, indent=1))

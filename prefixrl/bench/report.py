@@ -194,6 +194,12 @@ def regime_markdown(regime: dict[str, Any]) -> str:
         got = regime[key]
         met = got <= target if op == "<=" else got >= target
         lines.append(f"| {key} | {op} {target:.2f} | {got:.3f} | {'yes' if met else 'NO'} |")
+    errs = regime.get("base_first_errors")
+    if errs and errs["wrong_samples"]:
+        lines.append(f"| the base's wrong train_hard samples ({errs['wrong_samples']:,}): first error by kind "
+                     f"(`first_error`) | - | {', '.join(f'{k} {v:.2f}' for k, v in errs['by_kind'].items())} | - |")
+        lines.append("| ... most common first errors (kind, worked line, share) | - | "
+                     f"{', '.join(f'{k} L{line} {v:.2f}' for k, line, v in errs['top'][:3])} | - |")
     floor = regime.get("chance")
     if floor:
         lines.append(f"| a uniformly random answer ({regime['answer_space']:,} possible): pass@k, sourced at the cap "

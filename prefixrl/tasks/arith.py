@@ -368,34 +368,50 @@ def chain_is_sound(problem: Problem, text: str) -> bool:
     once (by its label when the problem has labels), the last total is the problem's value and the answer line
     repeats it. Not the reward (the verifier reads only the answer): a diagnostic that tells a sound solution from a
     chain whose wrong steps happen to land on the right number."""
+    return first_error(problem, text) is None
+
+
+FIRST_ERRORS = ("format", "copy", "lookup", "arith", "short", "order", "answer")
+"""`first_error`'s kinds, in the order a chain is checked."""
+
+
+def first_error(problem: Problem, text: str) -> tuple[str, int] | None:
+    """Where and how a worked chain first goes wrong: (kind, worked-line index), or None for a sound chain
+    (`chain_is_sound`). Kinds: "format" (a line that is not a worked line, or no answer line at the end), "copy"
+    (the left side is not the previous total; the first line's not one of the terms), "lookup" (a term that is not
+    the prompt's: the wrong number for its label, a label used twice, or a number not among the terms left),
+    "arith" (the line's own arithmetic is wrong), then, after the last worked line (index = their count): "short"
+    (terms left unused), "order" (every line right but an order that changes the value), "answer" (the answer line
+    does not repeat the last total). A diagnostic of the base's failures, not the reward."""
     lines = text.strip().splitlines()
     if not lines or answer_of(lines[-1]) is None:
-        return False
+        return "format", max(0, len(lines) - 1)
     terms, modulus = _signed_terms(problem), _modulus(problem)
     names = term_labels(problem)
-    labelled = bool(names)
-    left = list(terms)
-    unused = dict(zip(names, terms[1:]))
+    left, unused = list(terms), dict(zip(names, terms[1:]))
     total: int | None = None
-    for line in lines[:-1]:
+    for i, line in enumerate(lines[:-1]):
         parsed = _parse_line(line)
-        if parsed is None or (parsed[1] is not None) != labelled:
-            return False
+        if parsed is None or (parsed[1] is not None) != bool(names):
+            return "format", i
         a, label, step, b = parsed
-        if label is not None and unused.pop(label, None) != step:
-            return False
+        if (a not in left) if total is None else (a != total):
+            return "copy", i
         if total is None:
-            if a not in left:
-                return False
             left.remove(a)
-        elif a != total:
-            return False
-        if step not in left or apply_term(a, step, modulus) != b:
-            return False
+        if (label is not None and unused.pop(label, None) != step) or step not in left:
+            return "lookup", i
+        if apply_term(a, step, modulus) != b:
+            return "arith", i
         left.remove(step)
         total = b
+    n = len(lines) - 1
+    if left:
+        return "short", n
     # in an order that changes the value (multiplying terms), every line can be right and the chain still wrong
-    return not left and total == chain_value(terms, modulus) and answer_of(lines[-1]) == total
+    if total != chain_value(terms, modulus):
+        return "order", n
+    return None if answer_of(lines[-1]) == total else ("answer", n)
 
 
 def line_kinds(problem: Problem, text: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from prefixrl.bench.methods import METHODS
+from prefixrl.tasks.arith import FIRST_ERRORS
 
 pytestmark = pytest.mark.vllm
 
@@ -67,6 +68,8 @@ def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
     regime = json.loads((out / "regime" / "regime.json").read_text())  # the probe's pick, confirmed at the base
     assert regime["probe"]["confirm_for"] == {"checkpoint": "base", "problems": 8, "target": 0.5}
     assert regime["hard_level_terms"] == max(int(lv) for lv in regime["probe"]["confirm"])
+    assert set(regime["base_first_errors"]["by_kind"]) <= {*FIRST_ERRORS, "none"}  # the base's failures, by kind
+    assert regime["chance"]["p_per_sample"] == 1 / regime["answer_space"]
     budget = json.loads((out / "runs" / "prefixrl" / "seed0.json").read_text())["points"][-1]
     trace_run = json.loads((out / "runs" / "prefixed_only" / "seed0.json").read_text())  # pays the sourcing
     assert trace_run["points"][-1]["flops"] >= budget["flops"] and len(trace_run["steps"]) < 4, trace_run["points"]

@@ -163,6 +163,14 @@ def test_regime_markdown_marks_unmet_targets():
                "chance": {"p_per_sample": 1e-4, "pass_at_k": 0.0008, "sourced_fraction": 0.0973}}
     assert ("| a uniformly random answer (10,000 possible): pass@k, sourced at the cap (`difficulty.chance_floor`) "
             "| - | 0.0008, 0.097 | - |") in regime_markdown(regime)
+    regime["base_first_errors"] = {"wrong_samples": 2040, "by_kind": {"lookup": 0.9, "arith": 0.1},
+                                   "top": [["lookup", 7, 0.6], ["lookup", 9, 0.2], ["arith", 0, 0.1],
+                                           ["copy", 0, 0.01]]}
+    text = regime_markdown(regime)
+    assert "| the base's wrong train_hard samples (2,040): first error by kind (`first_error`) | - | lookup 0.90, " \
+           "arith 0.10 | - |" in text
+    assert "| ... most common first errors (kind, worked line, share) | - | lookup L7 0.60, lookup L9 0.20, " \
+           "arith L0 0.10 | - |" in text
 
 
 def _mb(B=4, T=6, seed=0):

@@ -5,7 +5,14 @@ import random
 
 import pytest
 
-from prefixrl.bench.difficulty import chance_floor, chi2_sf, first_success_rounds, geometric_fit, rates_by_group
+from prefixrl.bench.difficulty import (
+    FirstErrorTally,
+    chance_floor,
+    chi2_sf,
+    first_success_rounds,
+    geometric_fit,
+    rates_by_group,
+)
 
 
 def test_chi2_sf_matches_table_values():
@@ -70,3 +77,19 @@ def test_chance_floor_matches_a_simulated_guesser_and_the_session_15_figure():
     assert chance_floor(10_000, k=8, cap=1024)["sourced_fraction"] == pytest.approx(0.0973, abs=1e-3)
     with pytest.raises(ValueError, match="answer_space=0"):
         chance_floor(0, k=8, cap=1024)
+
+
+def test_first_error_tally_counts_the_wrong_samples_only():
+    from prefixrl.records import Problem
+    from prefixrl.tasks.arith import ArithVerifier
+
+    p = Problem(problem_id="x", prompt="Compute 400 a * 3 b + 5.", answer="205",
+                metadata={"terms": [400, "*3", 5], "modulus": 1000})
+    tally = FirstErrorTally(ArithVerifier())
+    texts = ["400 a * 3 = 200\n200 b + 5 = 205\nANSWER: 205",  # right: not counted
+             "400 a * 3 = 200\n200 b + 7 = 207\nANSWER: 207", "400 a * 3 = 200\n200 b + 6 = 206\nANSWER: 206",
+             "400 a * 3 = 210\n210 b + 5 = 215\nANSWER: 215"]
+    assert [tally(p, t) for t in texts] == [True, False, False, False]
+    fig = tally.figures()
+    assert fig["wrong_samples"] == 3 and fig["by_kind"] == {"lookup": 2 / 3, "arith": 1 / 3}
+    assert fig["top"] == [["lookup", 1, 2 / 3], ["arith", 0, 1 / 3]]

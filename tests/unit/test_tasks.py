@@ -8,11 +8,13 @@ from prefixrl.data import ChatFormatConfig, ProblemSetConfig, chat_prompt_ids, l
 from prefixrl.protocols import Tokenizer, Verifier
 from prefixrl.records import Problem
 from prefixrl.tasks.arith import (
+    FIRST_ERRORS,
     TRACE_KINDS,
     ArithConfig,
     ArithVerifier,
     chain_is_sound,
     chain_text,
+    first_error,
     line_kinds,
     make_problem,
     make_splits,
@@ -190,6 +192,30 @@ def test_multiplying_terms_are_applied_left_to_right_modulo():
     assert trace_kind(p, "400 a * 3 = 210\n210 b + 5 = 205\nANSWER: 205") == "wrong_line"
     assert not chain_is_sound(p, "400 b + 5 = 405\n405 a * 3 = 215\nANSWER: 215")  # right lines, wrong order
     assert chain_is_sound(p, "400 a * 3 = 200\n200 b + 5 = 205\nANSWER: 205")
+
+
+def test_first_error_names_the_first_wrong_check_and_its_line():
+    p = Problem(problem_id="x", prompt="Compute 400 a * 3 b + 5 c - 2.", answer="203",
+                metadata={"terms": [400, "*3", 5, -2], "modulus": 1000})
+    cases = {
+        "400 a * 3 = 200\n200 b + 5 = 205\n205 c - 2 = 203\nANSWER: 203": None,
+        "040 a * 3 = 120\n120 b + 5 = 125\n125 c - 2 = 123\nANSWER: 123": ("copy", 0),  # first term misread
+        "400 a * 3 = 200\n201 b + 5 = 206\n206 c - 2 = 204\nANSWER: 204": ("copy", 1),
+        "400 a * 3 = 200\n200 b + 7 = 207\n207 c - 2 = 205\nANSWER: 205": ("lookup", 1),  # wrong term for b
+        "400 a * 3 = 200\n200 b + 5 = 205\n205 b + 5 = 210\nANSWER: 210": ("lookup", 2),  # label used twice
+        "400 a * 3 = 200\n200 b + 5 = 205\n205 c - 2 = 213\nANSWER: 213": ("arith", 2),
+        "400 a * 3 = 1200\n1200 b + 5 = 1205\n1205 c - 2 = 1203\nANSWER: 203": ("arith", 0),  # modulo forgotten
+        "400 a * 3 = 200\n200 b + 5 = 205\nANSWER: 205": ("short", 2),
+        "400 b + 5 = 405\n405 a * 3 = 215\n215 c - 2 = 213\nANSWER: 213": ("order", 3),
+        "400 a * 3 = 200\n200 b + 5 = 205\n205 c - 2 = 203\nANSWER: 204": ("answer", 3),
+        "400 a * 3 = 200\nthe rest\nANSWER: 203": ("format", 1),
+        "400 a * 3 = 200\n200 b + 5 = 205": ("format", 1),  # cut off: no answer line
+        "": ("format", 0),
+    }
+    for text, want in cases.items():
+        assert first_error(p, text) == want, text
+        assert chain_is_sound(p, text) == (want is None)
+        assert want is None or want[0] in FIRST_ERRORS
 
 
 def test_multiplying_chains_slip_over_the_whole_range():
