@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from prefixrl.records import Problem
+from prefixrl.tasks.arith import first_error
 
 
 def chi2_sf(x: float, dof: int) -> float:
@@ -104,8 +105,6 @@ class FirstErrorTally:
         self.errors: Counter[tuple[str, int]] = Counter()
 
     def __call__(self, problem: Problem, text: str) -> bool:
-        from prefixrl.tasks.arith import first_error
-
         ok = self.verifier(problem, text)
         if not ok:
             self.errors[first_error(problem, text) or ("none", -1)] += 1  # none: a sound chain the verifier refused
