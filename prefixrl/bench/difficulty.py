@@ -112,7 +112,8 @@ class FirstErrorTally:
 
     def figures(self, top: int = 6) -> dict[str, Any]:
         """{"wrong_samples": n, "by_kind": {kind: share}, "top": [[kind, line, share], ...] (the `top` most
-        common first errors)}; shares of the wrong samples."""
+        common first errors)}; shares of the wrong samples it was asked about (an evaluation does not ask about
+        completions cut at the generation cap: they count as wrong without a verdict)."""
         n = sum(self.errors.values())
         kinds: Counter[str] = Counter()
         for (kind, _), c in self.errors.items():
