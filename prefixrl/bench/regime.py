@@ -465,10 +465,11 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     fig_path = out / "regime.json"
     if fig_path.exists():
         figures = json.loads(fig_path.read_text())
-        added = {"difficulty": lambda: difficulty_figures(out, s, splits["train_hard"]), "chance": lambda: chance(s)}
-        missing = [k for k in added if k not in figures]  # figures added since this directory's regime stage
-        if missing:
-            figures |= {k: added[k]() for k in missing}
+        before = dict(figures)  # figures added since this directory's regime stage, from what it left
+        if "difficulty" not in figures:
+            figures["difficulty"] = difficulty_figures(out, s, splits["train_hard"])
+        figures.setdefault("chance", chance(s))
+        if figures != before:
             fig_path.write_text(json.dumps(figures, indent=1))
         return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
     ecfg = EvalConfig(num_samples=s.probe_k, temperature=s.temperature, max_tokens=s.gen_tokens, seed=s.seed + 3)
