@@ -371,15 +371,16 @@ def chain_is_sound(problem: Problem, text: str) -> bool:
     return first_error(problem, text) is None
 
 
-FIRST_ERRORS = ("format", "copy", "lookup", "arith", "short", "order", "answer")
+FIRST_ERRORS = ("format", "copy", "sign", "lookup", "arith", "short", "order", "answer")
 """`first_error`'s kinds, in the order a chain is checked."""
 
 
 def first_error(problem: Problem, text: str) -> tuple[str, int] | None:
     """Where and how a worked chain first goes wrong: (kind, worked-line index), or None for a sound chain
     (`chain_is_sound`). Kinds: "format" (a line that is not a worked line, or no answer line at the end), "copy"
-    (the left side is not the previous total; the first line's not one of the terms), "lookup" (a term that is not
-    the prompt's: the wrong number for its label, a label used twice, or a number not among the terms left),
+    (the left side is not the previous total; the first line's not one of the terms), "sign" (the right term with
+    the other sign: `b - 5` where the prompt has `b + 5`), "lookup" (any other term that is not the prompt's: the
+    wrong number for its label, a label used twice, or a number not among the terms left),
     "arith" (the line's own arithmetic is wrong), then, after the last worked line (index = their count): "short"
     (terms left unused), "order" (every line right but an order that changes the value), "answer" (the answer line
     does not repeat the last total). A diagnostic of the base's failures, not the reward."""
@@ -399,8 +400,10 @@ def first_error(problem: Problem, text: str) -> tuple[str, int] | None:
             return "copy", i
         if total is None:
             left.remove(a)
-        if (label is not None and unused.pop(label, None) != step) or step not in left:
-            return "lookup", i
+        want = unused.pop(label, None) if label is not None else step
+        if want != step or step not in left:
+            flipped = isinstance(step, int) and (want == -step if label is not None else -step in left)
+            return ("sign" if flipped else "lookup"), i
         if apply_term(a, step, modulus) != b:
             return "arith", i
         left.remove(step)

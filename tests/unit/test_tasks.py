@@ -202,6 +202,8 @@ def test_first_error_names_the_first_wrong_check_and_its_line():
         "040 a * 3 = 120\n120 b + 5 = 125\n125 c - 2 = 123\nANSWER: 123": ("copy", 0),  # first term misread
         "400 a * 3 = 200\n201 b + 5 = 206\n206 c - 2 = 204\nANSWER: 204": ("copy", 1),
         "400 a * 3 = 200\n200 b + 7 = 207\n207 c - 2 = 205\nANSWER: 205": ("lookup", 1),  # wrong term for b
+        "400 a * 3 = 200\n200 b - 5 = 195\n195 c - 2 = 193\nANSWER: 193": ("sign", 1),  # b's term, sign flipped
+        "400 a * 3 = 200\n200 b + 5 = 205\n205 c + 2 = 203\nANSWER: 203": ("sign", 2),  # total kept the prompt's
         "400 a * 3 = 200\n200 b + 5 = 205\n205 b + 5 = 210\nANSWER: 210": ("lookup", 2),  # label used twice
         "400 a * 3 = 200\n200 b + 5 = 205\n205 c - 2 = 213\nANSWER: 213": ("arith", 2),
         "400 a * 3 = 1200\n1200 b + 5 = 1205\n1205 c - 2 = 1203\nANSWER: 203": ("arith", 0),  # modulo forgotten
@@ -216,6 +218,9 @@ def test_first_error_names_the_first_wrong_check_and_its_line():
         assert first_error(p, text) == want, text
         assert chain_is_sound(p, text) == (want is None)
         assert want is None or want[0] in FIRST_ERRORS
+    bare = Problem(problem_id="y", prompt="Compute 40 + 5 - 2.", answer="43", metadata={"terms": [40, 5, -2]})
+    assert first_error(bare, "40 + 2 = 42\n42 + 5 = 47\nANSWER: 47") == ("sign", 0)  # no labels: -2 written as + 2
+    assert first_error(bare, "40 + 7 = 47\n47 - 2 = 45\nANSWER: 45") == ("lookup", 0)
 
 
 def test_multiplying_chains_slip_over_the_whole_range():
