@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from prefixrl.records import Problem
-from prefixrl.tasks.arith import first_error
+from prefixrl.tasks.arith import LINE_ERRORS, first_error
 
 
 def chi2_sf(x: float, dof: int) -> float:
@@ -95,7 +95,7 @@ def chance_floor(answer_space: int, *, k: int, cap: int) -> dict[str, float]:
 
 
 class FirstErrorTally:
-    """A verifier that also counts where the wrong samples it is asked about first go wrong
+    """A verifier that also counts where the samples it is asked about first go wrong
     (`prefixrl.tasks.arith.first_error`): wrap the verifier of an evaluation, then read `figures()`. It tells a
     base whose errors spread along the chain from one that fails one check at one line on every problem (session 16:
     a term looked up at a fixed line, docs/reproduction.md)."""
@@ -103,20 +103,41 @@ class FirstErrorTally:
     def __init__(self, verifier: Callable[[Problem, str], bool]) -> None:
         self.verifier = verifier
         self.errors: Counter[tuple[str, int]] = Counter()
+        """First errors of the wrong samples."""
+        self.fails_at: Counter[int | None] = Counter()
+        """Every sample, right or wrong: the worked line where its chain first fails (None: it never does)."""
 
     def __call__(self, problem: Problem, text: str) -> bool:
         ok = self.verifier(problem, text)
+        err = first_error(problem, text)
         if not ok:
-            self.errors[first_error(problem, text) or ("none", -1)] += 1  # none: a sound chain the verifier refused
+            self.errors[err or ("none", -1)] += 1  # none: a sound chain the verifier refused
+        self.fails_at[err[1] if err and err[0] in LINE_ERRORS else None] += 1
         return ok
+
+    def line_failure(self) -> list[list[float]]:
+        """[[line, chains reaching it, share of them that first fail there], ...] for every worked line some chain
+        reached: the per-line hazard. First errors pile up on line 0 whatever the base, since every chain meets it;
+        this rate is flat along the chain when the errors are spread evenly. A chain counts as reaching a line when
+        no earlier line failed (right answers from unsound chains included; errors after the last line do not count
+        as a line's)."""
+        last = max((i for i in self.fails_at if i is not None), default=-1)
+        out, reaching = [], sum(self.fails_at.values())
+        for line in range(last + 1):
+            failed = self.fails_at[line]
+            out.append([line, reaching, failed / reaching if reaching else 0.0])
+            reaching -= failed
+        return out
 
     def figures(self, top: int = 6) -> dict[str, Any]:
         """{"wrong_samples": n, "by_kind": {kind: share}, "top": [[kind, line, share], ...] (the `top` most
-        common first errors)}; shares of the wrong samples it was asked about (an evaluation does not ask about
-        completions cut at the generation cap: they count as wrong without a verdict)."""
+        common first errors), "line_failure": `line_failure()`}; shares of the wrong samples it was asked about (an
+        evaluation does not ask about completions cut at the generation cap: they count as wrong without a
+        verdict)."""
         n = sum(self.errors.values())
         kinds: Counter[str] = Counter()
         for (kind, _), c in self.errors.items():
             kinds[kind] += c
         return {"wrong_samples": n, "by_kind": {k: c / n for k, c in kinds.most_common()},
+                "line_failure": self.line_failure(),
                 "top": [[k, line, c / n] for (k, line), c in self.errors.most_common(top)]}

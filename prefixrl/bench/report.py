@@ -200,6 +200,11 @@ def regime_markdown(regime: dict[str, Any]) -> str:
                      f"(`first_error`) | - | {', '.join(f'{k} {v:.2f}' for k, v in errs['by_kind'].items())} | - |")
         lines.append("| ... most common first errors (kind, worked line, share) | - | "
                      f"{', '.join(f'{k} L{line} {v:.2f}' for k, line, v in errs['top'][:3])} | - |")
+        hazard = [f"L{line} {rate:.2f} ({reached:,})" for line, reached, rate in errs.get("line_failure", [])
+                  if reached >= 20]
+        if hazard:
+            lines.append("| ... per worked line: share of the chains reaching it that first fail there (chains) "
+                         f"| - | {', '.join(hazard)} | - |")
     floor = regime.get("chance")
     if floor:
         lines.append(f"| a uniformly random answer ({regime['answer_space']:,} possible): pass@k, sourced at the cap "

@@ -171,6 +171,11 @@ def test_regime_markdown_marks_unmet_targets():
            "arith 0.10 | - |" in text
     assert "| ... most common first errors (kind, worked line, share) | - | lookup L7 0.60, lookup L9 0.20, " \
            "arith L0 0.10 | - |" in text
+    assert "per worked line" not in text  # an older regime.json has no line_failure: no row
+    # line 2 (fewer than 20 chains reach it) is left out
+    regime["base_first_errors"]["line_failure"] = [[0, 2048, 0.69], [1, 640, 0.68], [2, 19, 0.6]]
+    assert ("| ... per worked line: share of the chains reaching it that first fail there (chains) | - | "
+            "L0 0.69 (2,048), L1 0.68 (640) | - |") in regime_markdown(regime)
 
 
 def _mb(B=4, T=6, seed=0):

@@ -93,3 +93,5 @@ def test_first_error_tally_counts_the_wrong_samples_only():
     fig = tally.figures()
     assert fig["wrong_samples"] == 3 and fig["by_kind"] == {"lookup": 2 / 3, "arith": 1 / 3}
     assert fig["top"] == [["lookup", 1, 2 / 3], ["arith", 0, 1 / 3]]
+    # every sample counts for the per-line rate: 4 reach line 0 and 1 fails there; 3 reach line 1 and 2 fail there
+    assert fig["line_failure"] == [[0, 4, 1 / 4], [1, 3, 2 / 3]]
