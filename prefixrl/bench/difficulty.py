@@ -115,12 +115,12 @@ class FirstErrorTally:
         self.fails_at[err[1] if err and err[0] in LINE_ERRORS else None] += 1
         return ok
 
-    def line_failure(self) -> list[list[float]]:
+    def line_failure(self) -> list[list[int | float]]:
         """[[line, chains reaching it, share of them that first fail there], ...] for every worked line some chain
         reached: the per-line hazard. First errors pile up on line 0 whatever the base, since every chain meets it;
         this rate is flat along the chain when the errors are spread evenly. A chain counts as reaching a line when
         no earlier line failed (right answers from unsound chains included; errors after the last line do not count
-        as a line's)."""
+        as a line's; a chain cut before its answer line fails at its last line, as `first_error` says)."""
         last = max((i for i in self.fails_at if i is not None), default=-1)
         out, reaching = [], sum(self.fails_at.values())
         for line in range(last + 1):

@@ -373,7 +373,7 @@ def chain_is_sound(problem: Problem, text: str) -> bool:
 
 FIRST_ERRORS = ("format", "copy", "sign", "lookup", "arith", "short", "order", "answer")
 """`first_error`'s kinds, in the order a chain is checked."""
-LINE_ERRORS = FIRST_ERRORS[:5]
+LINE_ERRORS = ("format", "copy", "sign", "lookup", "arith")
 """The kinds that are a worked line's own failure (the rest are found after the last line)."""
 
 
