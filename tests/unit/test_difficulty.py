@@ -79,7 +79,7 @@ def test_chance_floor_matches_a_simulated_guesser_and_the_session_15_figure():
         chance_floor(0, k=8, cap=1024)
 
 
-def test_first_error_tally_counts_the_wrong_samples_only():
+def test_first_error_tally_kinds_count_wrong_samples_and_line_rates_count_every_sample():
     from prefixrl.records import Problem
     from prefixrl.tasks.arith import ArithVerifier
 
