@@ -8,7 +8,8 @@ and the three figures the comparison rests on.
            (`base_checkpoint`, the final one by default) the hard level is the shortest chain whose pass@k is at
            most `target_pass_at_k`, the medium level the longest whose pass@k is at least `medium_pass_at_k`
     splits train_hard (RL + sourcing), heldout_hard and heldout_medium (never trained on, never sourced), disjoint
-           from the base's SFT prompts
+           from the base's SFT prompts; with `hard_filter_k`, the two hard splits keep only problems the base fails
+           that many times (the paper's pass@512 = 0 rule)
     source rejection sampling with a cap on train_hard (per-problem attempts, every token charged)
     figures base pass@k on train_hard, the fraction of train_hard with a sourced trace, and the success rate of the
            base conditioned on a 40-80% prefix of a sourced trace; also the fraction of sourced traces whose chain
@@ -120,6 +121,13 @@ class RegimeSettings:
     """After the probe, the hard level is confirmed on this many fresh problems at the chosen checkpoint, and while
     its pass@k there is above target_pass_at_k the next longer level is tried (0: no confirmation). A 64-problem
     probe cannot tell 2 % from 9 %: session 11's picked level had pass@8 1.6 % on the probe and 9.0 % on train_hard."""
+    hard_filter_k: int = 0
+    """The paper's rule for hard problems (its pass@512 = 0): train_hard and heldout_hard keep only problems on which
+    the base gets none of hard_filter_k samples right, taken in order from HARD_FILTER_POOL times as many candidates
+    of the hard level (`hard_filter`). Without it the splits are random problems of the hard level, and some are easy
+    enough for plain RL to learn from (session 17: sourcing's first-success rounds reject equal difficulty,
+    p = 0.006). The filter's samples are reported in regime.json (`hard_filter`) and charged to no method, as in the
+    paper; sourcing then samples afresh. 0 (the default): no filter."""
     medium_pass_at_k: float = 0.3
     """The medium level: the longest chain with base pass@k at least this."""
     train_hard: int = 256
@@ -150,6 +158,9 @@ class RegimeSettings:
                 raise ValueError(f"warm_start={self.warm_start!r} is not a saved base (no config.json); name a "
                                  "regime directory's base or checkpoints/step-* folder")
             warm_start_tokenizer(Path(self.warm_start))
+        if self.hard_filter_k < 0:
+            raise ValueError(f"hard_filter_k={self.hard_filter_k} must be >= 0 (0: no filter; the paper keeps the "
+                             "problems with pass@512 = 0)")
         if self.confirm_problems < 0:
             raise ValueError(f"confirm_problems={self.confirm_problems} must be >= 0 (0: no confirmation)")
         if not self.temperature > 0.0:
@@ -242,6 +253,49 @@ def make_bench_splits(s: RegimeSettings, *, hard: int, medium: int, exclude: set
             return out
     raise ValueError(f"could not draw splits disjoint from the base corpus at levels hard={hard}, medium={medium}; "
                      "lower per_level or raise max_operand")
+
+
+HARD_SPLITS = ("train_hard", "heldout_hard")
+"""The splits `hard_filter` selects (heldout_medium is drawn as is)."""
+HARD_FILTER_POOL = 3
+"""Candidates drawn per wanted hard problem when `hard_filter_k` is set."""
+_FILTER_CHUNK = 32
+
+
+def hard_filter(path: Path, s: RegimeSettings, candidates: dict[str, list[Problem]],
+                check: Callable[[list[Problem]], list[tuple[bool, int]]]) -> tuple[dict[str, list[Problem]],
+                                                                                    dict[str, Any]]:
+    """The paper's hard-problem rule: of each split's `candidates` (split name -> problems, in order), the first
+    train_hard / heldout_hard problems whose hard_filter_k samples are all wrong. `check(problems)` samples each
+    problem hard_filter_k times -> (any right, tokens sampled: prompt + completion) per problem; it runs a chunk at a
+    time until enough problems are kept, and every result is saved to `path` first (a resumed run samples no
+    problem twice). Returns (the kept splits, figures: k, per split checked / kept / kept_fraction, samples,
+    tokens). ValueError when the candidates run out, with the numbers and the fix."""
+    state = json.loads(path.read_text()) if path.exists() else {"solved": {}, "samples": 0, "tokens": 0}
+    want = {"train_hard": s.train_hard, "heldout_hard": s.heldout_hard}
+    kept: dict[str, list[Problem]] = {}
+    figures: dict[str, Any] = {"k": s.hard_filter_k}
+    for name, ps in candidates.items():
+        end = 0
+        while end < len(ps) and sum(not state["solved"][p.problem_id] for p in ps[:end]) < want[name]:
+            chunk, end = ps[end:end + _FILTER_CHUNK], min(len(ps), end + _FILTER_CHUNK)
+            todo = [p for p in chunk if p.problem_id not in state["solved"]]
+            if todo:
+                for p, (solved, tokens) in zip(todo, check(todo), strict=True):
+                    state["solved"][p.problem_id] = solved
+                    state["samples"] += s.hard_filter_k
+                    state["tokens"] += tokens
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(state))
+                tmp.replace(path)
+        survivors = [p for p in ps[:end] if not state["solved"][p.problem_id]]
+        kept[name] = survivors[: want[name]]
+        if len(kept[name]) < want[name]:
+            raise ValueError(f"regime.hard_filter_k={s.hard_filter_k}: only {len(kept[name])} of {len(ps)} {name} "
+                             f"candidates fail all {s.hard_filter_k} samples, {want[name]} wanted; lower "
+                             "hard_filter_k or make the hard level harder (lower target_pass_at_k or temperature)")
+        figures[name] = {"checked": end, "kept": len(kept[name]), "kept_fraction": len(survivors) / max(1, end)}
+    return kept, figures | {"samples": state["samples"], "tokens": state["tokens"]}
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -441,7 +495,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     from prefixrl.bench.difficulty import FirstErrorTally
     from prefixrl.engine.generate import EngineGenerateFn
     from prefixrl.evaluation import EvalConfig, evaluate
-    from prefixrl.pipeline import load_tokenizer, prompt_formatter, tokenizer_name
+    from prefixrl.pipeline import load_tokenizer, num_params, prompt_formatter, tokenizer_name
     from prefixrl.sourcer import SourcerConfig, load_traces, read_progress, run_sourcer
     from prefixrl.tasks.arith import TRACE_KINDS, ArithVerifier, trace_kind
 
@@ -462,6 +516,24 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
     exclude = set(json.loads((out / "base_prompts.json").read_text()))
     splits = make_bench_splits(s, hard=hard_level, medium=medium_level, exclude=exclude)
     verifier, fmt, gen = ArithVerifier(), prompt_formatter(tokenizer), EngineGenerateFn(engine, tokenizer)
+    filtered = None
+    if s.hard_filter_k:
+        def check(ps: list[Problem]) -> list[tuple[bool, int]]:
+            prompts = [fmt(p) for p in ps]
+            outs = engine.generate(prompts, n=s.hard_filter_k, max_tokens=s.gen_tokens, temperature=s.temperature,
+                                   seed=s.seed + 5)  # fmt: skip
+            return [(any(verifier(p, tokenizer.decode(c.token_ids)) for c in cs),
+                     sum(len(ids) + len(c.token_ids) for c in cs)) for p, ids, cs in zip(ps, prompts, outs)]
+
+        pool = replace(s, **{k: HARD_FILTER_POOL * getattr(s, k) for k in HARD_SPLITS})
+        candidates = make_bench_splits(pool, hard=hard_level, medium=medium_level, exclude=exclude)
+        t0 = time.perf_counter()
+        kept, filtered = hard_filter(out / "hard_filter.json", s, {k: candidates[k] for k in HARD_SPLITS}, check)
+        splits |= kept
+        filtered["flops"] = 2.0 * num_params(base_dir, include_embeddings=False) * filtered["tokens"]
+        logger.info("regime: hard filter (pass@%d = 0) kept %s in %.0f s", s.hard_filter_k,
+                    {k: f"{filtered[k]['kept']} of {filtered[k]['checked']}" for k in HARD_SPLITS},
+                    time.perf_counter() - t0)
     fig_path = out / "regime.json"
     if fig_path.exists():
         figures = json.loads(fig_path.read_text())
@@ -469,6 +541,8 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         if "difficulty" not in figures:
             figures["difficulty"] = difficulty_figures(out, s, splits["train_hard"])
         figures.setdefault("chance", chance(s))
+        if filtered is not None:
+            figures.setdefault("hard_filter", filtered)
         if figures != before:
             fig_path.write_text(json.dumps(figures, indent=1))
         return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
@@ -506,7 +580,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         "sourced_trace_kinds": {k: kinds.count(k) for k in TRACE_KINDS},
         "prefix_success": success["all"], "prefix_success_by_trace": success,
         "difficulty": difficulty_figures(out, s, splits["train_hard"]), "chance": chance(s),
-        "base_first_errors": errors.figures(), "wall_s": wall,
+        "base_first_errors": errors.figures(), "wall_s": wall, "hard_filter": filtered,
         "base": {k: v for k, v in base_info.items() if k != "loss_curve"}, "probe": probe,
     }  # fmt: skip
     fig_path.write_text(json.dumps(figures, indent=1))

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prefixrl.bench.regime import HARD_SPLITS
+
 SPLITS = ("train_hard", "heldout_hard", "heldout_medium")
 
 
@@ -194,6 +196,12 @@ def regime_markdown(regime: dict[str, Any]) -> str:
         got = regime[key]
         met = got <= target if op == "<=" else got >= target
         lines.append(f"| {key} | {op} {target:.2f} | {got:.3f} | {'yes' if met else 'NO'} |")
+    hard = regime.get("hard_filter")
+    if hard:
+        lines.append(f"| hard problems: base fails all {hard['k']} samples (the paper's pass@512 = 0 rule; "
+                     f"`hard_filter`): kept of checked | - | "
+                     + ", ".join(f"{k} {hard[k]['kept']} of {hard[k]['checked']}" for k in HARD_SPLITS)
+                     + f"; {hard['samples']:,} samples, {hard['flops']:.3g} FLOPs (charged to no method) | - |")
     errs = regime.get("base_first_errors")
     if errs and errs["wrong_samples"]:
         lines.append(f"| the base's wrong train_hard samples ({errs['wrong_samples']:,}): first error by kind "

@@ -259,3 +259,42 @@ def test_a_generation_cap_shorter_than_a_worked_solution_is_refused(char_tokeniz
     check_gen_tokens("rl.gen_tokens", needed, s, level=5, tokenizer=char_tokenizer)
     with pytest.raises(ValueError):
         check_gen_tokens("rl.gen_tokens", needed - 1, s, level=5, tokenizer=char_tokenizer)
+
+
+def test_the_hard_filter_keeps_problems_the_base_always_fails_in_order_and_resumes(tmp_path):
+    """hard_filter keeps, per hard split, the first problems whose check finds no right sample, checks a chunk at
+    a time only until enough are kept, saves every result (a resumed run checks no problem twice), and refuses a
+    candidate list that runs out; the report names what was kept."""
+    from prefixrl.bench.regime import HARD_FILTER_POOL, hard_filter
+
+    s = RegimeSettings(levels=(2, 4), train_hard=20, heldout_hard=5, hard_filter_k=16)
+    cands = make_bench_splits(replace(s, train_hard=HARD_FILTER_POOL * 20, heldout_hard=HARD_FILTER_POOL * 5),
+                              hard=4, medium=2, exclude=set())
+    cands = {k: cands[k] for k in ("train_hard", "heldout_hard")}
+    easy = {p.problem_id for ps in cands.values() for p in ps[::3]}  # every third candidate is solved
+    checked: list[str] = []
+
+    def check(ps):
+        checked.extend(p.problem_id for p in ps)
+        return [(p.problem_id in easy, 100) for p in ps]
+
+    path = tmp_path / "hard_filter.json"
+    kept, fig = hard_filter(path, s, cands, check)
+    want = {k: [p for p in ps if p.problem_id not in easy] for k, ps in cands.items()}
+    assert kept["train_hard"] == want["train_hard"][:20] and kept["heldout_hard"] == want["heldout_hard"][:5]
+    # one chunk of 32 held enough train_hard problems (of 60); heldout_hard has 15 candidates, one short chunk
+    assert len(checked) == len(set(checked)) == 32 + 15
+    assert fig["train_hard"] == {"checked": 32, "kept": 20, "kept_fraction": 21 / 32}
+    assert fig["k"] == 16 and fig["samples"] == 47 * 16 and fig["tokens"] == 47 * 100
+    checked.clear()
+    assert hard_filter(path, s, cands, check)[0] == kept and checked == []  # resumed: read back, nothing sampled
+    with pytest.raises(ValueError, match=r"hard_filter_k=16: only 0 of 60 train_hard candidates fail all 16"):
+        hard_filter(tmp_path / "other.json", s, cands, lambda ps: [(True, 1) for _ in ps])
+    with pytest.raises(ValueError, match="hard_filter_k=-1"):
+        RegimeSettings(hard_filter_k=-1)
+    text = regime_markdown({"base_pass_at_k_train_hard": 0.0, "sourced_fraction": 0.8, "prefix_success": 0.1,
+                            "hard_level_terms": 4, "medium_level_terms": 2, "source_cap": 1, "k": 8,
+                            "hard_filter": fig | {"flops": 1.5e12}})
+    assert ("| hard problems: base fails all 16 samples (the paper's pass@512 = 0 rule; `hard_filter`): kept of "
+            "checked | - | train_hard 20 of 32, heldout_hard 5 of 15; 752 samples, 1.5e+12 FLOPs (charged to no "
+            "method) | - |") in text
