@@ -96,13 +96,18 @@ def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
     again = json.loads((tmp_path / "again" / "regime" / "regime.json").read_text())
     assert again["base_checkpoint"] == "step-00030" and again["probe"]["confirm_for"]["checkpoint"] == "step-00030"
 
-    # The regime stage alone with a preset field overridden; the override is recorded, so another one is refused.
+    # The regime stage alone with preset fields overridden (and the paper's hard-problem filter on the real engine);
+    # the override is recorded, so another one is refused.
     reg = tmp_path / "regime"
-    r = _bench(reg, "--base-from", str(out), "--set", "regime.prefix_probe_problems=4",
-               "--regime-only")  # fmt: skip
+    r = _bench(reg, "--base-from", str(out), "--set", "regime.prefix_probe_problems=4", "--set",
+               "regime.hard_filter_k=2", "--regime-only")  # fmt: skip
     assert r.returncode == 0, r.stderr[-4000:]
     assert "regime: hard =" in r.stdout and "sound traces" in r.stdout and "| method |" not in r.stdout
     assert (reg / "regime" / "regime.json").exists() and not (reg / "runs").exists()
+    hard = json.loads((reg / "regime" / "regime.json").read_text())["hard_filter"]
+    assert hard["k"] == 2 and hard["train_hard"]["kept"] == 16 and hard["heldout_hard"]["kept"] == 8
+    assert hard["samples"] == 2 * (hard["train_hard"]["checked"] + hard["heldout_hard"]["checked"]) > 0
+    assert hard["flops"] > 0 and "regime: hard filter (pass@2 = 0) kept" in r.stderr
     assert json.loads((reg / "settings.json").read_text())["regime"]["prefix_probe_problems"] == 4
     bad = _bench(reg, "--set", "regime.prefix_probe_problems=5", "--regime-only")
     assert bad.returncode != 0 and "other settings" in bad.stderr, bad.stderr[-2000:]
