@@ -276,8 +276,9 @@ def hard_filter(path: Path, s: RegimeSettings, candidates: dict[str, list[Proble
     kept: dict[str, list[Problem]] = {}
     figures: dict[str, Any] = {"k": s.hard_filter_k}
     for name, ps in candidates.items():
+        survivors: list[Problem] = []
         end = 0
-        while end < len(ps) and sum(not state["solved"][p.problem_id] for p in ps[:end]) < want[name]:
+        while end < len(ps) and len(survivors) < want[name]:
             chunk, end = ps[end:end + _FILTER_CHUNK], min(len(ps), end + _FILTER_CHUNK)
             todo = [p for p in chunk if p.problem_id not in state["solved"]]
             if todo:
@@ -288,7 +289,7 @@ def hard_filter(path: Path, s: RegimeSettings, candidates: dict[str, list[Proble
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(state))
                 tmp.replace(path)
-        survivors = [p for p in ps[:end] if not state["solved"][p.problem_id]]
+            survivors += [p for p in chunk if not state["solved"][p.problem_id]]
         kept[name] = survivors[: want[name]]
         if len(kept[name]) < want[name]:
             raise ValueError(f"regime.hard_filter_k={s.hard_filter_k}: only {len(kept[name])} of {len(ps)} {name} "
