@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefixrl.bench.regime import HARD_SPLITS
+from prefixrl.bench.problems import HARD_SPLITS
 
 SPLITS = ("train_hard", "heldout_hard", "heldout_medium")
 

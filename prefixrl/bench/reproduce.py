@@ -246,7 +246,7 @@ def trace_pools(train: Sequence[Any], traces: Mapping[str, Any], s: BenchSetting
 def _context(reg: Any, engine: Any, s: BenchSettings) -> Any:
     """What the methods share: splits, traces, prefix pools and the base's SFT examples (methods.Context)."""
     from prefixrl.bench.methods import Context
-    from prefixrl.bench.regime import base_examples, check_gen_tokens
+    from prefixrl.bench.problems import base_examples, check_gen_tokens
     from prefixrl.pipeline import num_params, prompt_formatter
     from prefixrl.sourcer import load_traces, read_progress
     from prefixrl.tasks.arith import ArithVerifier

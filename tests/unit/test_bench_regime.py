@@ -1,13 +1,14 @@
-"""The benchmark's regime stage (prefixrl.bench.regime): splits, the base's teacher and warm start, base adoption,
-the level pick and its confirmation, the trace pools; split out of test_bench.py."""
+"""The benchmark's regime stage (prefixrl.bench.regime) and its problems (prefixrl.bench.problems): splits, the
+hard filter, the base's teacher and warm start, base adoption, the level pick and its confirmation, the trace pools;
+split out of test_bench.py."""
 
 import json
 from dataclasses import replace
 
 import pytest
 
-from prefixrl.bench.regime import (BASE_FIELDS, RegimeSettings, base_corpus, base_examples, level_problems,
-                                   make_bench_splits)
+from prefixrl.bench.problems import base_corpus, base_examples, level_problems, make_bench_splits
+from prefixrl.bench.regime import BASE_FIELDS, RegimeSettings
 from prefixrl.bench.report import regime_markdown
 from prefixrl.bench.reproduce import PRESETS, BenchSettings
 
@@ -215,7 +216,7 @@ def test_trace_pools_and_the_sound_traces_diagnostic(char_tokenizer):
     """prefixrl_sound cuts only the sound chains (an unsound trace's problem is left out, as is an untraced one);
     prefixrl cuts every trace; the diagnostic runs only when named in methods."""
     from prefixrl.bench.methods import DIAGNOSTICS, METHODS
-    from prefixrl.bench.regime import _task_cfg
+    from prefixrl.bench.problems import task_config
     from prefixrl.bench.reproduce import trace_pools
     from prefixrl.records import OffPolicyTrace
     from prefixrl.tasks.arith import ArithVerifier, chain_is_sound, solutions
@@ -227,7 +228,7 @@ def test_trace_pools_and_the_sound_traces_diagnostic(char_tokenizer):
     def fmt(p):
         return char_tokenizer.encode(p.prompt + "\n")
 
-    texts = [solutions(p, num=1, cfg=_task_cfg(s.regime, hard=5, medium=2, seed=0))[0] for p in train[:3]]
+    texts = [solutions(p, num=1, cfg=task_config(s.regime, hard=5, medium=2, seed=0))[0] for p in train[:3]]
     lines = texts[1].splitlines()  # a slip on line 2 that line 3 cancels: right answer, unsound chain
     lines[1] = f"{lines[1][:-3]}{(int(lines[1][-3:]) + 1) % 1000:03d}"
     lines[2] = f"{(int(lines[2][:3]) + 1) % 1000:03d}{lines[2][3:]}"
@@ -249,7 +250,7 @@ def test_a_generation_cap_shorter_than_a_worked_solution_is_refused(char_tokeniz
     """check_gen_tokens names the setting and the tokens a solution of the level needs; that many pass."""
     import re
 
-    from prefixrl.bench.regime import check_gen_tokens
+    from prefixrl.bench.problems import check_gen_tokens
 
     s = RegimeSettings(levels=(2, 5), multiply_prob=0.3)
     with pytest.raises(ValueError, match=r"rl.gen_tokens=40 cannot hold a worked 5-term solution") as err:
@@ -265,7 +266,7 @@ def test_the_hard_filter_keeps_problems_the_base_always_fails_in_order_and_resum
     """hard_filter keeps, per hard split, the first problems whose check finds no right sample, checks a chunk at
     a time only until enough are kept, saves every result (a resumed run checks no problem twice), and refuses a
     candidate list that runs out; the report names what was kept."""
-    from prefixrl.bench.regime import HARD_FILTER_POOL, hard_filter
+    from prefixrl.bench.problems import HARD_FILTER_POOL, hard_filter
 
     s = RegimeSettings(levels=(2, 4), train_hard=20, heldout_hard=5, hard_filter_k=16)
     cands = make_bench_splits(replace(s, train_hard=HARD_FILTER_POOL * 20, heldout_hard=HARD_FILTER_POOL * 5),

@@ -1,0 +1,138 @@
+"""The benchmark's problems: the task configuration a RegimeSettings implies, problems of one level, the base's SFT
+corpus and its teacher's chains, the splits (train_hard, heldout_hard, heldout_medium), and the paper's rule for hard
+problems (`hard_filter`: keep the problems the base never solves in k samples). No model here: the one sampling step,
+`hard_filter`'s `check`, is passed in by `prefixrl.bench.regime`, which runs the stages."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prefixrl.records import Problem
+
+if TYPE_CHECKING:
+    from prefixrl.bench.regime import RegimeSettings
+
+
+def task_config(s: RegimeSettings, *, hard: int, medium: int, seed: int) -> Any:
+    from prefixrl.tasks.arith import ArithConfig
+
+    return ArithConfig(terms={"easy": 2, "medium": medium, "hard": hard}, max_operand=s.max_operand,
+                       first_term_max=s.first_term_max, max_answer=s.max_answer, width=s.width, labels=s.labels,
+                       random_label_start=s.random_label_start, seed=seed, multiply_prob=s.multiply_prob,
+                       multipliers=s.multipliers,
+                       sizes={"heldout_hard": s.heldout_hard, "heldout_medium": s.heldout_medium,
+                              "train_hard": s.train_hard})  # fmt: skip
+
+
+def level_problems(s: RegimeSettings, *, level: int, count: int, tag: str, seed: int) -> list[Problem]:
+    """`count` distinct problems with `level` terms (ids `<tag>-L<level>-<i>`)."""
+    from prefixrl.prefixes import derive_seed
+    from prefixrl.tasks.arith import make_problem
+
+    cfg = task_config(s, hard=level, medium=level, seed=seed)
+    rng = random.Random(derive_seed(seed, f"{tag}-{level}"))
+    out: dict[str, Problem] = {}
+    for _ in range(100 * count):
+        if len(out) == count:
+            break
+        p = make_problem(rng, num_terms=level, cfg=cfg, problem_id=f"{tag}-L{level}-{len(out):05d}", level=f"L{level}")
+        out.setdefault(p.prompt, p)
+    if len(out) < count:
+        raise ValueError(f"only {len(out)} distinct {level}-term problems exist under max_operand={s.max_operand}, "
+                         f"max_answer={s.max_answer}; lower the count ({count}) or widen the ranges")
+    return list(out.values())
+
+
+def check_gen_tokens(name: str, gen_tokens: int, s: RegimeSettings, *, level: int, tokenizer: Any) -> None:
+    """ValueError when `gen_tokens` (the setting called `name`) cannot hold a worked `level`-term solution (the
+    longest left-to-right chain of 32 fresh problems, plus end of sequence): every sample would be cut before its
+    answer line and score 0, which looks like a hard level rather than a wrong setting."""
+    from prefixrl.tasks.arith import solutions
+
+    cfg = task_config(s, hard=level, medium=level, seed=s.seed)
+    needed = 1 + max(len(tokenizer.encode(solutions(p, num=1, cfg=cfg)[0]))
+                     for p in level_problems(s, level=level, count=32, tag="length", seed=s.seed + 7))  # fmt: skip
+    if gen_tokens < needed:
+        raise ValueError(f"{name}={gen_tokens} cannot hold a worked {level}-term solution ({needed} tokens): every "
+                         f"sample would be cut before its answer; set {name} >= {needed}")
+
+
+def base_corpus(s: RegimeSettings) -> list[Problem]:
+    """The base model's SFT problems: `per_level` of every level."""
+    return [p for lv in s.levels for p in level_problems(s, level=lv, count=s.per_level, tag="sft", seed=s.seed)]
+
+
+def base_examples(s: RegimeSettings) -> list[tuple[Problem, str]]:
+    """(problem, worked chain) pairs the base model is trained on: `orders_per_problem` orders of every problem of
+    `base_corpus`, with the teacher's slips at slip_rate (at 0 these are exactly `solutions`)."""
+    from prefixrl.tasks.arith import slipped_solutions
+
+    cfg = task_config(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed)
+    return [(p, t) for p in base_corpus(s)
+            for t in slipped_solutions(p, num=s.orders_per_problem, cfg=cfg, slip_rate=s.slip_rate)]
+
+
+def make_bench_splits(s: RegimeSettings, *, hard: int, medium: int, exclude: set[str]) -> dict[str, list[Problem]]:
+    """train_hard / heldout_hard / heldout_medium at the chosen levels, without any prompt in `exclude`."""
+    from prefixrl.tasks.arith import make_splits
+
+    out: dict[str, list[Problem]] = {}
+    for extra in (0, 64, 512):
+        cfg = task_config(s, hard=hard, medium=medium, seed=s.seed + 1)
+        cfg = replace(cfg, sizes={k: v + extra for k, v in cfg.sizes.items()})
+        splits = make_splits(cfg)
+        want = {"train_hard": s.train_hard, "heldout_hard": s.heldout_hard, "heldout_medium": s.heldout_medium}
+        out = {k: [p for p in splits[k] if p.prompt not in exclude][:n] for k, n in want.items()}
+        if all(len(out[k]) == n for k, n in want.items()):
+            return out
+    raise ValueError(f"could not draw splits disjoint from the base corpus at levels hard={hard}, medium={medium}; "
+                     "lower per_level or raise max_operand")
+
+
+HARD_SPLITS = ("train_hard", "heldout_hard")
+"""The splits `hard_filter` selects (heldout_medium is drawn as is)."""
+HARD_FILTER_POOL = 3
+"""Candidates drawn per wanted hard problem when `hard_filter_k` is set."""
+_FILTER_CHUNK = 32
+
+
+def hard_filter(path: Path, s: RegimeSettings, candidates: dict[str, list[Problem]],
+                check: Callable[[list[Problem]], list[tuple[bool, int]]]) -> tuple[dict[str, list[Problem]],
+                                                                                    dict[str, Any]]:
+    """The paper's hard-problem rule: of each split's `candidates` (split name -> problems, in order), the first
+    train_hard / heldout_hard problems whose hard_filter_k samples are all wrong. `check(problems)` samples each
+    problem hard_filter_k times -> (any right, tokens sampled: prompt + completion) per problem; it runs a chunk at a
+    time until enough problems are kept, and every result is saved to `path` first (a resumed run samples no
+    problem twice). Returns (the kept splits, figures: k, per split checked / kept / kept_fraction, samples,
+    tokens). ValueError when the candidates run out, with the numbers and the fix."""
+    state = json.loads(path.read_text()) if path.exists() else {"solved": {}, "samples": 0, "tokens": 0}
+    want = {"train_hard": s.train_hard, "heldout_hard": s.heldout_hard}
+    kept: dict[str, list[Problem]] = {}
+    figures: dict[str, Any] = {"k": s.hard_filter_k}
+    for name, ps in candidates.items():
+        survivors: list[Problem] = []
+        end = 0
+        while end < len(ps) and len(survivors) < want[name]:
+            chunk, end = ps[end:end + _FILTER_CHUNK], min(len(ps), end + _FILTER_CHUNK)
+            todo = [p for p in chunk if p.problem_id not in state["solved"]]
+            if todo:
+                for p, (solved, tokens) in zip(todo, check(todo), strict=True):
+                    state["solved"][p.problem_id] = solved
+                    state["samples"] += s.hard_filter_k
+                    state["tokens"] += tokens
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(state))
+                tmp.replace(path)
+            survivors += [p for p in chunk if not state["solved"][p.problem_id]]
+        kept[name] = survivors[: want[name]]
+        if len(kept[name]) < want[name]:
+            raise ValueError(f"regime.hard_filter_k={s.hard_filter_k}: only {len(kept[name])} of {len(ps)} {name} "
+                             f"candidates fail all {s.hard_filter_k} samples, {want[name]} wanted; lower "
+                             "hard_filter_k or make the hard level harder (lower target_pass_at_k or temperature)")
+        figures[name] = {"checked": end, "kept": len(kept[name]), "kept_fraction": len(survivors) / max(1, end)}
+    return kept, figures | {"samples": state["samples"], "tokens": state["tokens"]}
