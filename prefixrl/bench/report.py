@@ -106,10 +106,10 @@ def summarize(curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def along_the_way(prefixrl: list[dict[str, Any]], rl: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """At each of PrefixRL's evaluations: its train_hard pass@1 and plain RL's, read off rl's curve of the same seed
-    at the same RL FLOPs (sourcing not charged) and at the same total FLOPs (sourcing charged), with the per-seed
-    ratios prefixrl / rl; each figure mean +- std over the seeds that both methods finished (nan past rl's curve).
-    The ratios are of the means over the seeds where rl has a value (`_ratio_of_means`): a mean of per-seed ratios
-    blows up where one seed's rl is a sliver above 0 (session 18: 5,331 +- 7,537)."""
+    at the same RL FLOPs (sourcing not charged) and at the same total FLOPs (sourcing charged), and the ratios
+    prefixrl / rl; each figure mean +- std over the seeds that both methods finished (nan past rl's curve). The
+    ratios are of the means over the seeds where rl has a value (`_ratio_of_means`): a mean of per-seed ratios blows
+    up where one seed's rl is a sliver above 0 (session 18: 5,331 +- 7,537)."""
     rl_by_seed = {r["seed"]: r["points"] for r in rl}
     pairs = [(r["points"], rl_by_seed[r["seed"]]) for r in prefixrl if r["seed"] in rl_by_seed]
     key = "train_hard/pass@1"
@@ -142,12 +142,13 @@ def _ratio_of_means(pairs: list[tuple[float, float]]) -> float:
     return _ratio(statistics.fmean(a for a, _ in kept), statistics.fmean(b for _, b in kept))
 
 
-def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 3, inf: str = "never") -> str:
+def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 3) -> str:
+    """mean +- std; "-" for nan, "never" for inf (FLOPs to a target never reached)."""
     m, s = ms
     if math.isnan(m):
         return "-"
     if math.isinf(m):
-        return inf
+        return "never"
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
 
 
