@@ -292,8 +292,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "(taken at every evaluation, and at the end of the step on SIGTERM/SIGUSR1, which then exit 0). "
         "docs/reproduction.md has the full run and its analysis.\n\n"
         "  prefixrl bench reproduce --preset smoke --out runs/repro-smoke      # minutes\n"
-        "  prefixrl bench reproduce --preset full --seeds 3 --out runs/repro    # hours on 2 cores")
-    r.add_argument("--preset", required=True, help="smoke, small or full")
+        "  prefixrl bench reproduce --preset full --out runs/repro              # about 3 h on 2 cores\n"
+        "  prefixrl bench reproduce --preset full --out runs/repro --set methods=prefixrl,rl,sft_rl,prefixed_only,"
+        "more_base,luffy,offpolicy_is,rl_large_n    # then every method")
+    r.add_argument("--preset", required=True, help="smoke, small, full or full-v8 (session 8's full)")
     r.add_argument("--seeds", type=int, help="seeds per method (default: the preset's)")
     r.add_argument("--out", help="output directory (default runs/repro-<preset>)")
     r.add_argument("--base-from", metavar="DIR",

@@ -501,6 +501,11 @@ METHODS: dict[str, Callable[[Context, int], Curve]] = {
 """Method name -> run function, in run order: prefixrl first in each seed (it sets the budget), then the paper's two
 headline comparisons, then the rest."""
 
+CORE_METHODS: tuple[str, ...] = ("prefixrl", "rl", "sft_rl", "prefixed_only")
+"""The paper's headline comparisons (its two ratios) and the back-generalization test: what fits the full preset's
+three hours on 2 cores; the others (more_base, luffy, offpolicy_is, rl_large_n) add about 50 min a seed (estimated
+from their FLOPs)."""
+
 DIAGNOSTICS: dict[str, Callable[[Context, int], Curve]] = {f.__name__: f for f in (prefixrl_sound,)}
 """Runs that are not methods a user could apply to a real task (they read the task's oracle); run only when named."""
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from prefixrl.bench.methods import DIAGNOSTICS, METHODS, RUNS, RLSettings, RunStopped, snapshot_dir
+from prefixrl.bench.methods import CORE_METHODS, DIAGNOSTICS, METHODS, RUNS, RLSettings, RunStopped, snapshot_dir
 from prefixrl.bench.regime import RegimeSettings
 
 logger = logging.getLogger(__name__)
@@ -56,9 +56,16 @@ class BenchSettings:
 _RL_12_STEPS = replace(RLSettings(), prefixrl_steps=12, eval_every=6, lr=1e-4, gen_tokens=128, max_steps_factor=8.0)
 _REGIME = replace(RegimeSettings(), levels=(2, 3, 4, 5, 6), slip_rate=0.4, clean_steps=800, sft_steps=1400,
                   checkpoints=3, gen_tokens=128)
+_FOUR_DIGIT = replace(RegimeSettings(), levels=(2, 3, 4, 5, 6, 7, 8), multiply_prob=0.3, width=4,
+                      first_term_max=9999, max_answer=9999, slip_rate=0.2, clean_steps=1200, sft_steps=2400,
+                      checkpoints=4, gen_tokens=160, confirm_problems=256, temperature=0.9, hard_filter_k=64,
+                      source_cap=1024)
+_RL_60_STEPS = replace(RLSettings(), prefixrl_steps=60, eval_every=12, lr=1e-4, gen_tokens=160, max_steps_factor=3.0)
 
 PRESETS: dict[str, BenchSettings] = {
-    "full": BenchSettings(regime=replace(_REGIME, source_cap=512), rl=replace(_RL_12_STEPS, max_steps_factor=10.0)),
+    "full": BenchSettings(regime=_FOUR_DIGIT, rl=_RL_60_STEPS, methods=CORE_METHODS),
+    "full-v8": BenchSettings(regime=replace(_REGIME, source_cap=512),
+                             rl=replace(_RL_12_STEPS, max_steps_factor=10.0)),
     "small": BenchSettings(
         regime=replace(_REGIME, train_hard=128, heldout_hard=64, heldout_medium=64, source_cap=512,
                        prefix_probe_problems=32),
@@ -79,14 +86,18 @@ PRESETS: dict[str, BenchSettings] = {
         seeds=1,
     ),
 }  # fmt: skip
-"""Preset name -> settings. small and full share one base (`_REGIME`: chains of 2-6 labelled terms, a teacher that
-slips on 40 % of its lines after 800 clean steps, 1,400 SFT steps), so `--base-from` a small run skips it in full.
-full: the issue's sizes (256 hard problems, 128 + 128 held out, 3 seeds) with a sourcing cap of 512 (the issue
-allows up to 1,024; 512 already sources ~90 % on this base and keeps the run near 3 h, since the methods without
-traces spend the sourcing budget) and 12 PrefixRL steps at RL lr 1e-4; plain RL may take up to 10x PrefixRL's steps
-to spend that budget (docs/reproduction.md has the measured stage times); small: 128 hard problems, cap 512, one
-seed by default (docs/reproduction.md reports `--seeds 3`: 32-38 min per seed); smoke: the same pipeline in
-minutes (the e2e test), numbers meaningless."""
+"""Preset name -> settings (docs/reproduction.md has each one's measured figures and wall time).
+full: the regime of sessions 17-18 in one run. Chains of 2-8 terms that add or multiply, four-digit totals (10,000
+answers); the base learns 1,200 steps of clean chains, then 1,200 of a teacher that slips on 20 % of its lines (one
+cosine schedule, about 26 min); the hard level is the confirmed one at temperature 0.9, and its problems are those
+the base fails in 64 samples (the paper's rule, `hard_filter_k`); sourcing cap 1,024; 60 PrefixRL steps, plain RL
+capped at 3x its steps. The issue's sizes (256 hard problems, 128 + 128 held out, 3 seeds). The methods are the core
+comparison (CORE_METHODS), about 36 min a seed after a regime stage of about an hour, so about 3 h; the other
+methods run on the same directory afterwards with `--set methods=<all of METHODS>` (finished runs are kept).
+full-v8: session 8's full preset (chains of 2-6 terms that add, 1,000 answers, cap 512, 12 PrefixRL steps, every
+method); the commands of sessions 8-18 in docs/reproduction.md start from it. small: full-v8's base with 128 hard
+problems, one seed by default (docs/reproduction.md reports `--seeds 3`: 32-38 min per seed), so `--base-from` a
+small run skips the base in full-v8; smoke: the same pipeline in minutes (the e2e test), numbers meaningless."""
 
 
 def get_preset(name: str, *, seeds: int | None = None) -> BenchSettings:
