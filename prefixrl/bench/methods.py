@@ -141,8 +141,9 @@ class Curve:
     seed: int
     uses_traces: bool
     sourcing_flops: float
-    points: list[dict[str, float]] = field(default_factory=list)
-    """{"step", "flops" (with sourcing when charged), "flops_rl", "<split>/pass@1", ...} per evaluation."""
+    points: list[dict[str, Any]] = field(default_factory=list)
+    """{"step", "flops" (with sourcing when charged), "flops_rl", "<split>/pass@1", ...,
+    "train_hard/line_failure"} per evaluation (`_evaluate`)."""
     steps: list[dict[str, float]] = field(default_factory=list)
     """{"step", "flops", "entropy", "reward", "grad_norm"} per optimizer step."""
     wall_s: float = 0.0
@@ -167,18 +168,25 @@ def _policy(ctx: Context, *, lr: float) -> Any:
                                        temperature=ctx.temperature))  # fmt: skip
 
 
-def _evaluate(ctx: Context, seed: int) -> dict[str, float]:
+def _evaluate(ctx: Context, seed: int) -> dict[str, Any]:
+    """{"<split>/pass@1", "<split>/pass@<eval_samples>"} per evaluation split, and "train_hard/line_failure": where
+    the policy's unprefixed train_hard chains first fail (`FirstErrorTally.line_failure`: [[line, chains reaching it,
+    share failing there], ...]), to tell which lines a method has learned."""
+    from prefixrl.bench.difficulty import FirstErrorTally
     from prefixrl.engine.generate import EngineGenerateFn
     from prefixrl.evaluation import EvalConfig, evaluate
 
     cfg = EvalConfig(num_samples=ctx.s.eval_samples, temperature=ctx.temperature, max_tokens=ctx.s.gen_tokens,
                      seed=10_000 + seed)
-    out = {}
+    out: dict[str, Any] = {}
     for name, problems in ctx.eval_splits.items():
+        tally = FirstErrorTally(ctx.verifier) if name == "train_hard" else None
         rep = evaluate(problems[: ctx.s.eval_problems], generate_fn=EngineGenerateFn(ctx.engine, ctx.tokenizer),
-                       verifier=ctx.verifier, format_prompt=ctx.format_prompt, cfg=cfg)  # fmt: skip
+                       verifier=tally or ctx.verifier, format_prompt=ctx.format_prompt, cfg=cfg)  # fmt: skip
         out[f"{name}/pass@1"] = rep.pass_at_k[1]
         out[f"{name}/pass@{ctx.s.eval_samples}"] = rep.pass_at_k[ctx.s.eval_samples]
+        if tally is not None:
+            out[f"{name}/line_failure"] = tally.line_failure()
     return out
 
 

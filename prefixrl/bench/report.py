@@ -95,6 +95,9 @@ def summarize(curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                       for seed, pre in to_target["prefixrl"].items()]  # fmt: skip
             report["speedup_vs_sft_rl_by_seed"] = ratios
             report["speedup_vs_sft_rl"] = _mean_std(ratios)[0]
+    report["line_failure"] = {m: {"start": pooled_line_failure([r["points"][0] for r in runs]),
+                                  "final": pooled_line_failure([r["points"][-1] for r in runs])}
+                              for m, runs in curves.items()}  # fmt: skip
     if "prefixrl" in rows and "rl" in rows:
         pre, base = rows["prefixrl"]["train_hard"][0], rows["rl"]["train_hard"][0]
         report["gain_vs_rl"] = _ratio(pre, base)
@@ -102,6 +105,19 @@ def summarize(curves: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             report["gain_at_rl_flops"] = _ratio(pre, at_rl["rl"]["train_hard"][0])
         report["prefixrl_vs_rl_by_step"] = along_the_way(curves["prefixrl"], curves["rl"])
     return report
+
+
+def pooled_line_failure(points: list[dict[str, Any]], key: str = "train_hard/line_failure") -> list[list[float]]:
+    """[[line, chains reaching it, share failing there], ...] pooled over evaluation points (one per seed): the
+    chains and failures of each line are summed, then divided. Points from runs made before the figure was recorded
+    have none: [] when no point has it."""
+    reached: dict[int, int] = {}
+    failed: dict[int, float] = {}
+    for p in points:
+        for line, n, rate in p.get(key, []):
+            reached[line] = reached.get(line, 0) + n
+            failed[line] = failed.get(line, 0.0) + rate * n
+    return [[line, reached[line], failed[line] / reached[line]] for line in sorted(reached)]
 
 
 def along_the_way(prefixrl: list[dict[str, Any]], rl: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -186,6 +202,7 @@ def table_markdown(report: dict[str, Any]) -> str:
                   "| method | train_hard pass@1 | heldout_hard pass@1 | heldout_medium pass@1 |", "|---|---|---|---|"]
         lines += [f"| {m} | {' | '.join(_fmt(v[split]) for split in SPLITS)} |"
                   for m, v in report["at_prefixrl_rl_flops"].items()]  # fmt: skip
+    lines += line_failure_markdown(report.get("line_failure", {}))
     if report.get("prefixrl_vs_rl_by_step"):
         lines += ["", "train_hard pass@1 along the way: prefixrl at its evaluations, rl of the same seed read off its "
                   "curve at the same RL FLOPs (sourcing not charged) and at the same total FLOPs (sourcing charged; "
@@ -197,6 +214,27 @@ def table_markdown(report: dict[str, Any]) -> str:
                   f"{_fmt(r['flops'], 1e-12, 2)} | {_fmt(r['rl_at_flops'])} | {_fmt_ratio(r['ratio_at_flops'])} |"
                   for r in report["prefixrl_vs_rl_by_step"]]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def line_failure_markdown(by_method: dict[str, dict[str, list[list[float]]]], *, min_chains: int = 20) -> list[str]:
+    """Lines of the table of where each method's unprefixed train_hard chains first fail, at its start and at its
+    end (seeds pooled): a line's share of the chains reaching it that fail there (chains), for lines that at least
+    `min_chains` chains reach. [] when no run recorded it."""
+    if not any(v["final"] for v in by_method.values()):
+        return []
+    last = max(int(row[0]) for v in by_method.values() for rows in v.values() for row in rows)
+    lines = ["", "Where the unprefixed train_hard chains first fail: per worked line, the share of the chains "
+             f"reaching it that fail there (chains; seeds pooled; lines reached by fewer than {min_chains} chains "
+             "left out):",
+             "", "| method | when | " + " | ".join(f"L{i}" for i in range(last + 1)) + " |",
+             "|---|---|" + "---|" * (last + 1)]
+    for method, v in by_method.items():
+        for when in ("start", "final"):
+            cells = {int(line): f"{rate:.2f} ({n:,})" for line, n, rate in v[when] if n >= min_chains}
+            if cells:
+                lines.append(f"| {method} | {when} | "
+                             + " | ".join(cells.get(i, "-") for i in range(last + 1)) + " |")
+    return lines
 
 
 REGIME_TARGETS = {"base_pass_at_k_train_hard": ("<=", 0.05), "sourced_fraction": (">=", 0.70),

@@ -256,12 +256,16 @@ def test_evaluations_and_rollouts_sample_at_the_regime_temperature(monkeypatch):
             c = SimpleNamespace(token_ids=[1], finish_reason="stop", logprobs=[-0.1])
             return [[c] * n for _ in prompts]
 
-    probs = [Problem(problem_id=f"p{i}", prompt="Compute 1 a + 1.", answer="2") for i in range(3)]
+    probs = [Problem(problem_id=f"p{i}", prompt="Compute 1 a + 1.", answer="2", metadata={"terms": [1, 1]})
+             for i in range(3)]
     ctx = SimpleNamespace(s=replace(RLSettings(), eval_problems=2, eval_samples=2), engine=Engine(),
-                          tokenizer=SimpleNamespace(decode=lambda ids: "ANSWER: 2"), verifier=lambda p, t: True,
+                          tokenizer=SimpleNamespace(decode=lambda ids: "1 a + 1 = 3\nANSWER: 3"),
+                          verifier=lambda p, t: True,
                           format_prompt=lambda p: [5, 6], eval_splits={"train_hard": probs}, temperature=0.7,
                           base_dir="unused")
-    assert methods._evaluate(ctx, 0)["train_hard/pass@1"] == 1.0 and calls == [0.7]
+    got = methods._evaluate(ctx, 0)
+    assert got["train_hard/pass@1"] == 1.0 and calls == [0.7]
+    assert got["train_hard/line_failure"] == [[0, 4, 1.0]]  # 2 problems x 2 samples, each wrong at line 0
     import megatron_ext.policy
 
     captured = {}
@@ -433,3 +437,20 @@ def test_wall_times_add_the_regime_stages_and_every_seed():
     text = wall_markdown(wall)
     assert "| regime: base | - | 20.0 |" in text and "| prefixrl (2 seeds) | 2.0 ± 1.4 | 4.0 |" in text
     assert "| rl" not in text and "| **total** | | **34.5** |" in text
+
+
+def test_report_pools_where_the_chains_fail_over_seeds():
+    """Line 0: 64 + 32 chains, 48 + 8 fail -> 56 / 96; line 1 is reached by 16 + 24 chains, 4 + 12 fail -> 16 / 40;
+    line 2 (10 chains) is left out of the table; runs made before the figure was recorded give no table."""
+    from prefixrl.bench.report import pooled_line_failure
+
+    a, b = _curve("prefixrl", [0.0, 0.1], uses_traces=True), {**_curve("prefixrl", [0.0, 0.1], uses_traces=True),
+                                                              "seed": 1}
+    assert "Where the unprefixed" not in table_markdown(summarize({"prefixrl": [a, b]}))
+    a["points"][-1]["train_hard/line_failure"] = [[0, 64, 0.75], [1, 16, 0.25], [2, 10, 0.5]]
+    b["points"][-1]["train_hard/line_failure"] = [[0, 32, 0.25], [1, 24, 0.5]]
+    pooled = pooled_line_failure([a["points"][-1], b["points"][-1]])
+    assert pooled == [[0, 96, pytest.approx(56 / 96)], [1, 40, pytest.approx(16 / 40)], [2, 10, pytest.approx(0.5)]]
+    text = table_markdown(summarize({"prefixrl": [a, b]}))
+    assert "| method | when | L0 | L1 | L2 |" in text and "| prefixrl | final | 0.58 (96) | 0.40 (40) | - |" in text
+    assert "| prefixrl | start |" not in text  # the start points have no figure
