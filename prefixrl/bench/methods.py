@@ -20,6 +20,8 @@ Diagnostics (DIAGNOSTICS; run only when named in `methods`, never by default):
 
     prefixrl_sound    PrefixRL whose prefixes come only from sound traces (`tasks.arith.chain_is_sound`): an oracle
                       no real verifier has, to tell whether the traces' quality or the method sets PrefixRL's level
+    prefixrl_early    PrefixRL with its cuts early in the traces (`reproduce.EARLY_CUTS`, [0.1, 0.4]) instead of the
+                      paper's [0.4, 0.8]: are the early lines what PrefixRL's unprefixed accuracy waits on?
 
 FLOPs (prefixrl.flops): sampling 2N per prompt + prefix + completion token, training 6N per trained token, evaluation
 not charged; the sourcing cost is charged up front to every method that uses the traces. Megatron and vLLM are
@@ -110,7 +112,7 @@ class Context:
     sourcing_progress: dict[str, Any]
     """The sourcer's per-problem progress (its cost is charged to the trace methods)."""
     pools: dict[str, list[PrefixedProblem]]
-    """"prefixrl" / "prefixed_only" / "unprefixed" / "prefixrl_sound" training pools."""
+    """"prefixrl" / "prefixed_only" / "unprefixed" / "prefixrl_sound" / "prefixrl_early" training pools."""
     num_params: int
     """Non-embedding parameters N of the policy."""
     sft_examples: list[tuple[Problem, str]] = field(default_factory=list)
@@ -514,7 +516,14 @@ CORE_METHODS: tuple[str, ...] = ("prefixrl", "rl", "sft_rl", "prefixed_only")
 three hours on 2 cores; the others (more_base, luffy, offpolicy_is, rl_large_n) add about 50 min a seed (estimated
 from their FLOPs)."""
 
-DIAGNOSTICS: dict[str, Callable[[Context, int], Curve]] = {f.__name__: f for f in (prefixrl_sound,)}
+def prefixrl_early(ctx: Context, seed: int) -> Curve:
+    """Diagnostic: PrefixRL with its 3 cuts early in the traces (`reproduce.EARLY_CUTS`, not the paper's [0.4, 0.8]),
+    3:1 mix, sourcing charged, the same budget: does training the early lines, which every unprefixed chain must pass,
+    carry PrefixRL further on the unprefixed problems?"""
+    return _on_policy(ctx, "prefixrl_early", seed, pool=ctx.pools["prefixrl_early"], n=ctx.s.n, uses_traces=True)
+
+
+DIAGNOSTICS: dict[str, Callable[[Context, int], Curve]] = {f.__name__: f for f in (prefixrl_sound, prefixrl_early)}
 """Runs that are not methods a user could apply to a real task (they read the task's oracle); run only when named."""
 
 RUNS: dict[str, Callable[[Context, int], Curve]] = {**METHODS, **DIAGNOSTICS}

@@ -223,11 +223,18 @@ def _regime(out: Path, s: BenchSettings) -> tuple[Any, Any]:
     return build_regime(out / "regime", s.regime, engine_factory=engine_factory)
 
 
+EARLY_CUTS = (0.1, 0.4)
+"""Where the prefixrl_early diagnostic cuts the traces (fractions of their tokens): it leaves the later lines to the
+policy, as the paper's [0.4, 0.8] does, but also most of the early ones, which every unprefixed chain must get through
+(session 18: PrefixRL's unprefixed accuracy levelled off while its reward on prefixed prompts kept rising)."""
+
+
 def trace_pools(train: Sequence[Any], traces: Mapping[str, Any], s: BenchSettings, *, format_prompt: Any,
                 tokenizer: Any) -> dict[str, list[Any]]:
     """The methods' training pools over the hard problems `train` (methods.Context.pools): "prefixrl" (3 cuts in
     [0.4, 0.8] of each problem's trace + 1 unprefixed copy), "prefixed_only" (the cuts alone), "unprefixed" (every
-    problem, traced or not) and "prefixrl_sound" (as "prefixrl", over the problems whose trace is a sound chain)."""
+    problem, traced or not), "prefixrl_sound" (as "prefixrl", over the problems whose trace is a sound chain) and
+    "prefixrl_early" (as "prefixrl", 3 cuts in EARLY_CUTS)."""
     from prefixrl import prefixes
     from prefixrl.pipeline import SYNTHETIC_MAX_LEN, tokenizer_name
     from prefixrl.records import PrefixedProblem
@@ -236,10 +243,11 @@ def trace_pools(train: Sequence[Any], traces: Mapping[str, Any], s: BenchSetting
     by_id = {p.problem_id: p for p in train}
     sound = [t for t in traces.values() if chain_is_sound(by_id[t.problem_id], t.text)]
 
-    def pool(unprefixed_copies: int, cut: Iterable[Any]) -> list[PrefixedProblem]:
+    def pool(unprefixed_copies: int, cut: Iterable[Any],
+             cuts: tuple[float, float] = (0.4, 0.8)) -> list[PrefixedProblem]:
         built, _ = prefixes.build_pool(
             train, cut,
-            strategy=prefixes.FixedRandomCuts(cfg=prefixes.CutConfig(num_cuts=3, low=0.4, high=0.8,
+            strategy=prefixes.FixedRandomCuts(cfg=prefixes.CutConfig(num_cuts=3, low=cuts[0], high=cuts[1],
                                                                      seed=s.regime.seed)),
             cfg=prefixes.PoolConfig(max_prompt_tokens=SYNTHETIC_MAX_LEN - s.rl.gen_tokens,
                                     unprefixed_copies=unprefixed_copies, too_long=prefixes.TooLongPolicy.SKIP,
@@ -251,7 +259,8 @@ def trace_pools(train: Sequence[Any], traces: Mapping[str, Any], s: BenchSetting
     unprefixed = [PrefixedProblem(problem=p, prompt_ids=format_prompt(p), prefix_ids=[], prefix_text="",
                                   cut_frac=0.0) for p in train]  # fmt: skip
     return {"prefixrl": pool(1, traces.values()), "prefixed_only": pool(0, traces.values()),
-            "unprefixed": unprefixed, "prefixrl_sound": pool(1, sound)}
+            "unprefixed": unprefixed, "prefixrl_sound": pool(1, sound),
+            "prefixrl_early": pool(1, traces.values(), EARLY_CUTS)}
 
 
 def _context(reg: Any, engine: Any, s: BenchSettings) -> Any:

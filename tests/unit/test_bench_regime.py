@@ -40,8 +40,9 @@ def test_base_examples_slip_at_the_set_rate_and_the_presets_use_slips_on_short_c
     for level in (2, 6):
         right = [ArithVerifier()(p, t) for p, t in slipped if p.metadata["num_terms"] == level]
         assert abs(sum(right) / len(right) - 0.7 ** (level - 1)) < 0.07
-    for name in ("small", "full"):
-        assert PRESETS[name].regime.slip_rate > 0 and max(PRESETS[name].regime.levels) <= 6
+    for name in ("small", "full-v8", "full"):  # full: chains up to 8 terms, slips only after the clean phase
+        r = PRESETS[name].regime
+        assert r.slip_rate > 0 and r.clean_steps > 0 and max(r.levels) <= (8 if name == "full" else 6)
     with pytest.raises(ValueError, match="slipping teacher would never be used"):
         RegimeSettings(slip_rate=0.3, clean_steps=100, sft_steps=100)
     with pytest.raises(ValueError, match="slip_rate=1.0"):
@@ -244,6 +245,11 @@ def test_trace_pools_and_the_sound_traces_diagnostic(char_tokenizer):
     assert ids["prefixrl_sound"] == {train[0].problem_id, train[2].problem_id}
     assert ids["prefixrl"] == ids["prefixrl_sound"] | {train[1].problem_id}
     assert "prefixrl_sound" not in BenchSettings().methods and set(DIAGNOSTICS).isdisjoint(METHODS)
+    # prefixrl_early: the same problems and mix, its prefixes cut in EARLY_CUTS instead of [0.4, 0.8]
+    early = [q for q in pools["prefixrl_early"] if q.prefix_ids]
+    assert len(pools["prefixrl_early"]) == 12 and ids["prefixrl_early"] == ids["prefixrl"]
+    assert all(0.1 <= q.cut_frac <= 0.4 for q in early) and all(0.4 <= q.cut_frac <= 0.8
+                                                                 for q in pools["prefixrl"] if q.prefix_ids)
 
 
 def test_a_generation_cap_shorter_than_a_worked_solution_is_refused(char_tokenizer):
