@@ -219,17 +219,22 @@ def table_markdown(report: dict[str, Any]) -> str:
 def line_failure_markdown(by_method: dict[str, dict[str, list[list[float]]]], *, min_chains: int = 20) -> list[str]:
     """Lines of the table of where each method's unprefixed train_hard chains first fail, at its start and at its
     end (seeds pooled): a line's share of the chains reaching it that fail there (chains), for lines that at least
-    `min_chains` chains reach. [] when no run recorded it."""
+    `min_chains` chains reach; a start row equal to one already shown (the same base) is not repeated. [] when no
+    run recorded it."""
     if not any(v["final"] for v in by_method.values()):
         return []
     last = max(int(row[0]) for v in by_method.values() for rows in v.values() for row in rows)
     lines = ["", "Where the unprefixed train_hard chains first fail: per worked line, the share of the chains "
              f"reaching it that fail there (chains; seeds pooled; lines reached by fewer than {min_chains} chains "
-             "left out):",
+             "left out; a start row that repeats one above, the same base, is not shown again):",
              "", "| method | when | " + " | ".join(f"L{i}" for i in range(last + 1)) + " |",
              "|---|---|" + "---|" * (last + 1)]
+    shown_starts: list[Any] = []
     for method, v in by_method.items():
         for when in ("start", "final"):
+            if when == "start" and v[when] in shown_starts:
+                continue  # every method starts from the same base and evaluation seeds: one start row says it
+            shown_starts += [v[when]] if when == "start" else []
             cells = {int(line): f"{rate:.2f} ({n:,})" for line, n, rate in v[when] if n >= min_chains}
             if cells:
                 lines.append(f"| {method} | {when} | "

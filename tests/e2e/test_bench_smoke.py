@@ -65,6 +65,10 @@ def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
     for png in ("reward_vs_flops.png", "entropy.png"):
         assert (out / "report" / png).stat().st_size > 10_000
     assert "gain_at_rl_flops" in results and "rl" in results["at_prefixrl_rl_flops"]
+    pre = json.loads((out / "runs" / "prefixrl" / "seed0.json").read_text())  # where its train_hard chains fail
+    assert all("train_hard/line_failure" in p for p in pre["points"]), pre["points"]
+    fails = results["line_failure"]["prefixrl"]["final"]
+    assert [row[0] for row in fails] == list(range(len(fails))) and all(0 <= rate <= 1 for _, _, rate in fails)
     regime = json.loads((out / "regime" / "regime.json").read_text())  # the probe's pick, confirmed at the base
     assert regime["probe"]["confirm_for"] == {"checkpoint": "base", "problems": 8, "target": 0.5}
     assert regime["hard_level_terms"] == max(int(lv) for lv in regime["probe"]["confirm"])

@@ -454,3 +454,8 @@ def test_report_pools_where_the_chains_fail_over_seeds():
     text = table_markdown(summarize({"prefixrl": [a, b]}))
     assert "| method | when | L0 | L1 | L2 |" in text and "| prefixrl | final | 0.58 (96) | 0.40 (40) | - |" in text
     assert "| prefixrl | start |" not in text  # the start points have no figure
+    for r in (a, b):  # an rl run from the same base: its start row is prefixrl's, shown once
+        r["points"][0]["train_hard/line_failure"] = [[0, 64, 0.5]]
+    rl = [{**r, "method": "rl", "uses_traces": False} for r in (a, b)]
+    text = table_markdown(summarize({"prefixrl": [a, b], "rl": rl}))
+    assert "| prefixrl | start | 0.50 (128) |" in text and "| rl | start |" not in text and "| rl | final |" in text
