@@ -511,10 +511,11 @@ METHODS: dict[str, Callable[[Context, int], Curve]] = {
 """Method name -> run function, in run order: prefixrl first in each seed (it sets the budget), then the paper's two
 headline comparisons, then the rest."""
 
-CORE_METHODS: tuple[str, ...] = ("prefixrl", "rl", "sft_rl", "prefixed_only")
-"""The paper's headline comparisons (its two ratios) and the back-generalization test: what fits the full preset's
-three hours on 2 cores; the others (more_base, luffy, offpolicy_is, rl_large_n) add about 50 min a seed (estimated
-from their FLOPs)."""
+CORE_METHODS: tuple[str, ...] = ("prefixrl", "rl", "sft_rl", "prefixed_only", "offpolicy_is", "luffy")
+"""What fits the full preset's three hours on 2 cores: the paper's headline comparisons (its two ratios), the
+back-generalization test and the two off-policy baselines (cheap: like PrefixRL they pay the sourcing, so they train
+for PrefixRL's RL FLOPs only). rl_large_n and more_base spend the whole budget on their own training and add about
+30 min a seed (estimated)."""
 
 def prefixrl_early(ctx: Context, seed: int) -> Curve:
     """Diagnostic: PrefixRL with its 3 cuts early in the traces (`reproduce.EARLY_CUTS`, not the paper's [0.4, 0.8]),
