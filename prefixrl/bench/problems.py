@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -109,7 +110,8 @@ def hard_filter(path: Path, s: RegimeSettings, candidates: dict[str, list[Proble
     problem hard_filter_k times -> (any right, tokens sampled: prompt + completion) per problem; it runs a chunk at a
     time until enough problems are kept, and every result is saved to `path` first (a resumed run samples no
     problem twice). Returns (the kept splits, figures: k, per split checked / kept / kept_fraction, samples,
-    tokens). ValueError when the candidates run out, with the numbers and the fix."""
+    tokens, wall_s: the seconds spent sampling, summed over resumed runs). ValueError when the candidates run out,
+    with the numbers and the fix."""
     state = json.loads(path.read_text()) if path.exists() else {"solved": {}, "samples": 0, "tokens": 0}
     want = {"train_hard": s.train_hard, "heldout_hard": s.heldout_hard}
     kept: dict[str, list[Problem]] = {}
@@ -121,10 +123,12 @@ def hard_filter(path: Path, s: RegimeSettings, candidates: dict[str, list[Proble
             chunk, end = ps[end:end + _FILTER_CHUNK], min(len(ps), end + _FILTER_CHUNK)
             todo = [p for p in chunk if p.problem_id not in state["solved"]]
             if todo:
+                t0 = time.perf_counter()
                 for p, (solved, tokens) in zip(todo, check(todo), strict=True):
                     state["solved"][p.problem_id] = solved
                     state["samples"] += s.hard_filter_k
                     state["tokens"] += tokens
+                state["wall_s"] = state.get("wall_s", 0.0) + time.perf_counter() - t0
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(state))
                 tmp.replace(path)
@@ -135,4 +139,4 @@ def hard_filter(path: Path, s: RegimeSettings, candidates: dict[str, list[Proble
                              f"candidates fail all {s.hard_filter_k} samples, {want[name]} wanted; lower "
                              "hard_filter_k or make the hard level harder (lower target_pass_at_k or temperature)")
         figures[name] = {"checked": end, "kept": len(kept[name]), "kept_fraction": len(survivors) / max(1, end)}
-    return kept, figures | {"samples": state["samples"], "tokens": state["tokens"]}
+    return kept, figures | {"samples": state["samples"], "tokens": state["tokens"], "wall_s": state.get("wall_s")}

@@ -320,11 +320,11 @@ def regime_markdown(regime: dict[str, Any]) -> str:
 
 def wall_times(curves: dict[str, list[dict[str, Any]]], regime: dict[str, Any]) -> dict[str, Any]:
     """Seconds each stage took on this machine: {"regime": {stage: s}, "methods": {method: [s per seed]}, "total":
-    s}. The regime stages are base (SFT), probe, base_eval, sourcing and prefix_probe; a stage read back from
-    another directory (`--base-from`) counts what it took there, and one written before stage times were recorded
-    is missing (so is its share of the total)."""
+    s}. The regime stages are base (SFT), probe, hard_filter (when set), base_eval, sourcing and prefix_probe; a
+    stage read back from another directory (`--base-from`) counts what it took there, and one written before stage
+    times were recorded is missing (so is its share of the total)."""
     stages = {"base": regime.get("base", {}).get("wall_s"), "probe": regime.get("probe", {}).get("wall_s"),
-              **regime.get("wall_s", {})}  # fmt: skip
+              "hard_filter": (regime.get("hard_filter") or {}).get("wall_s"), **regime.get("wall_s", {})}  # fmt: skip
     stages = {k: float(v) for k, v in stages.items() if v is not None}
     methods = {m: [float(r["wall_s"]) for r in runs if "wall_s" in r] for m, runs in curves.items()}
     return {"regime": stages, "methods": methods,

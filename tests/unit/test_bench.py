@@ -428,15 +428,15 @@ def test_wall_times_add_the_regime_stages_and_every_seed():
     curves = {"prefixrl": [dict(_curve("prefixrl", [0.0, 0.1]), wall_s=60.0), dict(_curve("prefixrl", [0.0, 0.1]),
                                                                                    wall_s=180.0)],
               "rl": [_curve("rl", [0.0, 0.1])]}  # a run written before wall_s was recorded
-    regime = {"base": {"wall_s": 1200.0}, "probe": {"curve": {}},
+    regime = {"base": {"wall_s": 1200.0}, "probe": {"curve": {}}, "hard_filter": {"k": 64, "wall_s": 300.0},
               "wall_s": {"sourcing": 600.0, "prefix_probe": 30.0}}
     wall = wall_times(curves, regime)
-    assert wall["regime"] == {"base": 1200.0, "sourcing": 600.0, "prefix_probe": 30.0}
+    assert wall["regime"] == {"base": 1200.0, "hard_filter": 300.0, "sourcing": 600.0, "prefix_probe": 30.0}
     assert wall["methods"] == {"prefixrl": [60.0, 180.0], "rl": []}
-    assert wall["total"] == pytest.approx(1200 + 600 + 30 + 240)
+    assert wall["total"] == pytest.approx(1200 + 300 + 600 + 30 + 240)
     text = wall_markdown(wall)
     assert "| regime: base | - | 20.0 |" in text and "| prefixrl (2 seeds) | 2.0 ± 1.4 | 4.0 |" in text
-    assert "| rl" not in text and "| **total** | | **34.5** |" in text
+    assert "| rl" not in text and "| **total** | | **39.5** |" in text
 
 
 def test_report_pools_where_the_chains_fail_over_seeds():

@@ -292,7 +292,7 @@ def test_the_hard_filter_keeps_problems_the_base_always_fails_in_order_and_resum
     # one chunk of 32 held enough train_hard problems (of 60); heldout_hard has 15 candidates, one short chunk
     assert len(checked) == len(set(checked)) == 32 + 15
     assert fig["train_hard"] == {"checked": 32, "kept": 20, "kept_fraction": 21 / 32}
-    assert fig["k"] == 16 and fig["samples"] == 47 * 16 and fig["tokens"] == 47 * 100
+    assert fig["k"] == 16 and fig["samples"] == 47 * 16 and fig["tokens"] == 47 * 100 and fig["wall_s"] > 0
     checked.clear()
     assert hard_filter(path, s, cands, check)[0] == kept and checked == []  # resumed: read back, nothing sampled
     with pytest.raises(ValueError, match=r"hard_filter_k=16: only 0 of 60 train_hard candidates fail all 16"):
