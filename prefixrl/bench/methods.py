@@ -505,6 +505,13 @@ def prefixrl_sound(ctx: Context, seed: int) -> Curve:
     return _on_policy(ctx, "prefixrl_sound", seed, pool=ctx.pools["prefixrl_sound"], n=ctx.s.n, uses_traces=True)
 
 
+def prefixrl_early(ctx: Context, seed: int) -> Curve:
+    """Diagnostic: PrefixRL with its 3 cuts early in the traces (`reproduce.EARLY_CUTS`, not the paper's [0.4, 0.8]),
+    3:1 mix, sourcing charged, the same budget: does training the early lines, which every unprefixed chain must pass,
+    carry PrefixRL further on the unprefixed problems?"""
+    return _on_policy(ctx, "prefixrl_early", seed, pool=ctx.pools["prefixrl_early"], n=ctx.s.n, uses_traces=True)
+
+
 METHODS: dict[str, Callable[[Context, int], Curve]] = {
     f.__name__: f for f in (prefixrl, rl, sft_rl, prefixed_only, more_base, luffy, offpolicy_is, rl_large_n)
 }
@@ -517,15 +524,9 @@ back-generalization test and the two off-policy baselines (cheap: like PrefixRL 
 for PrefixRL's RL FLOPs only). rl_large_n and more_base spend the whole budget on their own training and add about
 30 min a seed (estimated)."""
 
-def prefixrl_early(ctx: Context, seed: int) -> Curve:
-    """Diagnostic: PrefixRL with its 3 cuts early in the traces (`reproduce.EARLY_CUTS`, not the paper's [0.4, 0.8]),
-    3:1 mix, sourcing charged, the same budget: does training the early lines, which every unprefixed chain must pass,
-    carry PrefixRL further on the unprefixed problems?"""
-    return _on_policy(ctx, "prefixrl_early", seed, pool=ctx.pools["prefixrl_early"], n=ctx.s.n, uses_traces=True)
-
-
 DIAGNOSTICS: dict[str, Callable[[Context, int], Curve]] = {f.__name__: f for f in (prefixrl_sound, prefixrl_early)}
-"""Runs that are not methods a user could apply to a real task (they read the task's oracle); run only when named."""
+"""Runs that are not the paper's methods, run only when named: prefixrl_sound reads the task's oracle (a real task
+has none), prefixrl_early cuts where the paper does not."""
 
 RUNS: dict[str, Callable[[Context, int], Curve]] = {**METHODS, **DIAGNOSTICS}
 """Every name `BenchSettings.methods` accepts."""
