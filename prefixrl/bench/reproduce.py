@@ -246,12 +246,13 @@ def trace_pools(train: Sequence[Any], traces: Mapping[str, Any], s: BenchSetting
     by_id = {p.problem_id: p for p in train}
     sound = [t for t in traces.values() if chain_is_sound(by_id[t.problem_id], t.text)]
 
-    def pool(unprefixed_copies: int, cut: Iterable[Any],
-             cuts: tuple[float, float] = (0.4, 0.8)) -> list[PrefixedProblem]:
+    paper = prefixes.CutConfig(seed=s.regime.seed)  # 3 cuts in [0.4, 0.8]
+    early = replace(paper, low=EARLY_CUTS[0], high=EARLY_CUTS[1])
+
+    def pool(unprefixed_copies: int, cut: Iterable[Any], cuts: prefixes.CutConfig = paper) -> list[PrefixedProblem]:
         built, _ = prefixes.build_pool(
             train, cut,
-            strategy=prefixes.FixedRandomCuts(cfg=prefixes.CutConfig(num_cuts=3, low=cuts[0], high=cuts[1],
-                                                                     seed=s.regime.seed)),
+            strategy=prefixes.FixedRandomCuts(cfg=cuts),
             cfg=prefixes.PoolConfig(max_prompt_tokens=SYNTHETIC_MAX_LEN - s.rl.gen_tokens,
                                     unprefixed_copies=unprefixed_copies, too_long=prefixes.TooLongPolicy.SKIP,
                                     shuffle_seed=s.regime.seed),
@@ -263,7 +264,7 @@ def trace_pools(train: Sequence[Any], traces: Mapping[str, Any], s: BenchSetting
                                   cut_frac=0.0) for p in train]  # fmt: skip
     return {"prefixrl": pool(1, traces.values()), "prefixed_only": pool(0, traces.values()),
             "unprefixed": unprefixed, "prefixrl_sound": pool(1, sound),
-            "prefixrl_early": pool(1, traces.values(), EARLY_CUTS)}
+            "prefixrl_early": pool(1, traces.values(), early)}
 
 
 def _context(reg: Any, engine: Any, s: BenchSettings) -> Any:
