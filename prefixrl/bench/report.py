@@ -229,13 +229,14 @@ def line_failure_markdown(by_method: dict[str, dict[str, list[list[float]]]], *,
              "left out; a start row that repeats one above, the same base, is not shown again):",
              "", "| method | when | " + " | ".join(f"L{i}" for i in range(last + 1)) + " |",
              "|---|---|" + "---|" * (last + 1)]
-    shown_starts: list[Any] = []
+    starts: list[Any] = []  # every method starts from the same base and evaluation seeds: one start row says it
     for method, v in by_method.items():
-        for when in ("start", "final"):
-            if when == "start" and v[when] in shown_starts:
-                continue  # every method starts from the same base and evaluation seeds: one start row says it
-            shown_starts += [v[when]] if when == "start" else []
-            cells = {int(line): f"{rate:.2f} ({n:,})" for line, n, rate in v[when] if n >= min_chains}
+        rows = [("final", v["final"])]
+        if v["start"] not in starts:
+            starts.append(v["start"])
+            rows.insert(0, ("start", v["start"]))
+        for when, fails in rows:
+            cells = {int(line): f"{rate:.2f} ({n:,})" for line, n, rate in fails if n >= min_chains}
             if cells:
                 lines.append(f"| {method} | {when} | "
                              + " | ".join(cells.get(i, "-") for i in range(last + 1)) + " |")
