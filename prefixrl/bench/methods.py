@@ -22,6 +22,8 @@ Diagnostics (DIAGNOSTICS; run only when named in `methods`, never by default):
                       no real verifier has, to tell whether the traces' quality or the method sets PrefixRL's level
     prefixrl_early    PrefixRL with its cuts early in the traces (`reproduce.EARLY_CUTS`, [0.1, 0.4]) instead of the
                       paper's [0.4, 0.8]: are the early lines what PrefixRL's unprefixed accuracy waits on?
+    rl_low_lr         plain RL at its own, lower learning rate (low_lr) and without the step cap: is plain RL starved
+                      of reward or destabilised by the shared step size?
 
 FLOPs (prefixrl.flops): sampling 2N per prompt + prefix + completion token, training 6N per trained token, evaluation
 not charged; the sourcing cost is charged up front to every method that uses the traces. Megatron and vLLM are
@@ -73,6 +75,9 @@ class RLSettings:
     """Adam learning rate of every RL method (constant after 2 warm-up steps). At 5e-4 the first PrefixRL run wrecked
     the base within 8 steps (held-out medium pass@1 0.094 -> 0.000): with 1-3 % rewards the gradients are tiny and
     noisy, and Adam scales them up to full-size steps (docs/reproduction.md)."""
+    low_lr: float = 3e-5
+    """Learning rate of the rl_low_lr diagnostic (plain RL below the shared lr: on the full preset plain RL at lr
+    1e-4 lost the held-out medium level, so is it starved of reward or destabilised by the step size?)."""
     sft_epochs: int = 2
     """Epochs over the sourced traces before sft_rl's RL phase."""
     sft_lr: float = 2e-4
@@ -351,9 +356,11 @@ def _sampled_tokens(groups: Sequence[RolloutGroup]) -> int:
 
 
 def _on_policy(ctx: Context, method: str, seed: int, *, pool: Sequence[PrefixedProblem], n: int,
-               uses_traces: bool, run: _Run | None = None, steps: int | None = None, offset: int = 0) -> Curve:
-    """Plain on-policy RL over `pool` (prefixed or not) until the budget (or `steps`); `run` steps before `offset`
-    belong to an earlier phase (RL step i is run step offset + i)."""
+               uses_traces: bool, run: _Run | None = None, steps: int | None = None, offset: int = 0,
+               max_steps: int | None = None) -> Curve:
+    """Plain on-policy RL over `pool` (prefixed or not) until the budget or `max_steps` (default: prefixrl_steps x
+    max_steps_factor), or for exactly `steps`; `run` steps before `offset` belong to an earlier phase (RL step i is
+    run step offset + i)."""
     from megatron_ext.hooks import policy_gradient_loss
     from prefixrl.advantages import get_estimator
     from prefixrl.batching import RLBatch
@@ -364,7 +371,7 @@ def _on_policy(ctx: Context, method: str, seed: int, *, pool: Sequence[PrefixedP
     loop = LoopSettings(steps=0, prompts_per_step=s.prompts_per_step, n=n, max_new_tokens=s.gen_tokens,
                         temperature=ctx.temperature, seed=seed)
     estimator = get_estimator("reinforce")
-    cap = steps if steps is not None else int(s.prefixrl_steps * s.max_steps_factor)
+    cap = steps if steps is not None else max_steps or int(s.prefixrl_steps * s.max_steps_factor)
     for i in range(run.step - offset, cap):
         if steps is None and run.spent() >= ctx.budget:
             break
@@ -512,6 +519,16 @@ def prefixrl_early(ctx: Context, seed: int) -> Curve:
     return _on_policy(ctx, "prefixrl_early", seed, pool=ctx.pools["prefixrl_early"], n=ctx.s.n, uses_traces=True)
 
 
+def rl_low_lr(ctx: Context, seed: int) -> Curve:
+    """Diagnostic: plain RL (n samples, unprefixed) at low_lr instead of the shared lr, run to the whole budget (its
+    step cap is the SFT one, 10x max_steps_factor): does plain RL still trail PrefixRL when its step size cannot
+    destabilise it, and when it gets every FLOP the trace methods pay for sourcing?"""
+    s = ctx.s
+    run = _Run(ctx, "rl_low_lr", seed, uses_traces=False, lr=s.low_lr)
+    return _on_policy(ctx, "rl_low_lr", seed, pool=ctx.pools["unprefixed"], n=s.n, uses_traces=False, run=run,
+                      max_steps=int(s.prefixrl_steps * s.max_steps_factor * 10))  # fmt: skip
+
+
 METHODS: dict[str, Callable[[Context, int], Curve]] = {
     f.__name__: f for f in (prefixrl, rl, sft_rl, prefixed_only, more_base, luffy, offpolicy_is, rl_large_n)
 }
@@ -524,9 +541,11 @@ back-generalization test and the two off-policy baselines (cheap: like PrefixRL 
 for PrefixRL's RL FLOPs only). rl_large_n and more_base spend the whole budget on their own training and add about
 30 min a seed (estimated)."""
 
-DIAGNOSTICS: dict[str, Callable[[Context, int], Curve]] = {f.__name__: f for f in (prefixrl_sound, prefixrl_early)}
+DIAGNOSTICS: dict[str, Callable[[Context, int], Curve]] = {
+    f.__name__: f for f in (prefixrl_sound, prefixrl_early, rl_low_lr)
+}
 """Runs that are not the paper's methods, run only when named: prefixrl_sound reads the task's oracle (a real task
-has none), prefixrl_early cuts where the paper does not."""
+has none), prefixrl_early cuts where the paper does not, rl_low_lr gives plain RL its own learning rate."""
 
 RUNS: dict[str, Callable[[Context, int], Curve]] = {**METHODS, **DIAGNOSTICS}
 """Every name `BenchSettings.methods` accepts."""

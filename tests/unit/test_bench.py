@@ -343,6 +343,53 @@ def test_a_resumed_run_continues_at_its_step_and_phase(monkeypatch):
         assert events == expected, (phase, events)
 
 
+def test_rl_low_lr_trains_at_its_own_lr_past_the_step_cap(monkeypatch):
+    """The rl_low_lr diagnostic builds its run at low_lr (not the shared lr) and is not stopped by the RL step cap
+    (prefixrl_steps x max_steps_factor), which ends a plain rl run there; the budget still ends both."""
+    from types import SimpleNamespace
+
+    import prefixrl.train
+    from prefixrl.bench import methods
+    from prefixrl.records import Problem
+
+    class Sampled(Exception):
+        pass
+
+    steps, lrs = [], []
+
+    def generate_groups(engine, prompts, *, s, step, tokenizer, verifier):
+        steps.append(step)
+        raise Sampled
+
+    monkeypatch.setattr(prefixrl.train, "generate_groups", generate_groups)
+    s = RLSettings(prefixrl_steps=4, max_steps_factor=2.0)
+    cap = 8
+    spent = [0.0]
+
+    class Run:
+        def __init__(self, ctx, method, seed, *, uses_traces, lr):
+            self.step = cap  # a run that has taken as many steps as the cap allows
+            lrs.append(lr)
+
+        def spent(self):
+            return spent[0]
+
+        def finish(self):
+            return "finished"
+
+    monkeypatch.setattr(methods, "_Run", Run)
+    probs = [Problem(problem_id=f"p{i}", prompt="x", answer="1") for i in range(3)]
+    ctx = SimpleNamespace(s=s, budget=1.0, temperature=1.0, engine=None, tokenizer=None, verifier=None,
+                          pools={"unprefixed": probs})
+    assert methods.rl(ctx, 0) == "finished" and steps == [] and lrs == [s.lr]
+    with pytest.raises(Sampled):
+        methods.rl_low_lr(ctx, 0)
+    assert steps == [cap] and lrs[-1] == s.low_lr != s.lr
+    spent[0] = 1.0  # the budget is spent: it stops too
+    assert methods.rl_low_lr(ctx, 0) == "finished" and steps == [cap]
+    assert "rl_low_lr" in methods.DIAGNOSTICS and "rl_low_lr" not in methods.METHODS
+
+
 def test_report_gives_the_gain_with_and_without_sourcing_charged():
     """rl runs on to PrefixRL's total (30); read off its curve at PrefixRL's RL FLOPs (20) it had 0.2, not 0.5."""
     from prefixrl.bench.report import value_at
