@@ -78,6 +78,24 @@ def base_examples(s: RegimeSettings) -> list[tuple[Problem, str]]:
             for t in slipped_solutions(p, num=s.orders_per_problem, cfg=cfg, slip_rate=s.slip_rate)]
 
 
+def teacher_accuracy(s: RegimeSettings, *, count: int = 500) -> dict[str, float]:
+    """Level (as a string) -> pass@1 of the base's SFT teacher (`slipped_chain` at slip_rate, left-to-right chains)
+    on `count` fresh problems of that level: the base's ceiling, approached from below by a base that trains long
+    enough (it slips more than its teacher). A base far below it at the hard level is still learning, so more base
+    training (the more_base control) can beat every RL method there (session 20: 0.2 % of a 33 % teacher)."""
+    from prefixrl.tasks.arith import ArithVerifier, slipped_solutions
+
+    verifier = ArithVerifier()
+    out = {}
+    for level in s.levels:
+        cfg = task_config(s, hard=level, medium=level, seed=s.seed + 11)
+        problems = level_problems(s, level=level, count=count, tag="teacher", seed=s.seed + 11)
+        right = [verifier(p, text) for p in problems
+                 for text in slipped_solutions(p, num=1, cfg=cfg, slip_rate=s.slip_rate)]  # fmt: skip
+        out[str(level)] = sum(right) / len(right)
+    return out
+
+
 def make_bench_splits(s: RegimeSettings, *, hard: int, medium: int, exclude: set[str]) -> dict[str, list[Problem]]:
     """train_hard / heldout_hard / heldout_medium at the chosen levels, without any prompt in `exclude`."""
     from prefixrl.tasks.arith import make_splits

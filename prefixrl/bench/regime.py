@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from prefixrl.bench.problems import (HARD_FILTER_POOL, HARD_SPLITS, base_corpus, base_examples, check_gen_tokens,
-                                     hard_filter, level_problems, make_bench_splits, task_config)
+                                     hard_filter, level_problems, make_bench_splits, task_config, teacher_accuracy)
 from prefixrl.records import Problem
 
 logger = logging.getLogger(__name__)
@@ -422,6 +422,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         if "difficulty" not in figures:
             figures["difficulty"] = difficulty_figures(out, s, splits["train_hard"])
         figures.setdefault("chance", chance(s))
+        figures.setdefault("teacher_pass_at_1", teacher_accuracy(s))
         if filtered is not None:
             figures.setdefault("hard_filter", filtered)
         if figures != before:
@@ -461,6 +462,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         "sourced_trace_kinds": {k: kinds.count(k) for k in TRACE_KINDS},
         "prefix_success": success["all"], "prefix_success_by_trace": success,
         "difficulty": difficulty_figures(out, s, splits["train_hard"]), "chance": chance(s),
+        "teacher_pass_at_1": teacher_accuracy(s),
         "base_first_errors": errors.figures(), "wall_s": wall, "hard_filter": filtered,
         "base": {k: v for k, v in base_info.items() if k != "loss_curve"}, "probe": probe,
     }  # fmt: skip

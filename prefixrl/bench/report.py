@@ -294,6 +294,16 @@ def regime_markdown(regime: dict[str, Any]) -> str:
         lines.append(f"| a uniformly random answer ({regime['answer_space']:,} possible): pass@k, sourced at the cap "
                      f"(`difficulty.chance_floor`) | - | {floor['pass_at_k']:.4f}, "
                      f"{floor['sourced_fraction']:.3f} | - |")
+    teacher = regime.get("teacher_pass_at_1")
+    if teacher:
+        hard = str(regime["hard_level_terms"])
+        by_level = ", ".join(f"{k} terms {v:.3f}" for k, v in teacher.items())
+        lines.append(f"| the base's SFT teacher (`teacher_accuracy`): pass@1 by number of terms, the base's ceiling "
+                     f"| - | {by_level} | - |")
+        if hard in teacher and teacher[hard] > 0:
+            lines.append(f"| ... the base's train_hard pass@1 / the teacher's at the hard level ({hard} terms; far "
+                         f"below 1: the base may still be learning, see more_base) | - | "
+                         f"{regime['base_pass_at_1']['train_hard'] / teacher[hard]:.3f} | - |")
     if "sound_trace_fraction" in regime:
         lines.append(f"| sound_trace_fraction (sourced traces whose every step is right) | - | "
                      f"{regime['sound_trace_fraction']:.3f} | - |")

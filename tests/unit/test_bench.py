@@ -182,6 +182,23 @@ def test_regime_markdown_marks_unmet_targets():
     regime["base_first_errors"]["line_failure"] = [[0, 2048, 0.69], [1, 640, 0.68], [2, 19, 0.6]]
     assert ("| ... per worked line: share of the chains reaching it that first fail there (chains) | - | "
             "L0 0.69 (2,048), L1 0.68 (640) | - |") in regime_markdown(regime)
+    assert "SFT teacher" not in regime_markdown(regime)  # a regime.json from before the figure: no row
+    regime |= {"teacher_pass_at_1": {"6": 0.5, "11": 0.2}, "base_pass_at_1": {"train_hard": 0.01}}
+    text = regime_markdown(regime)
+    assert "| - | 6 terms 0.500, 11 terms 0.200 | - |" in text
+    assert "/ the teacher's at the hard level (11 terms; far below 1: the base may still be learning" in text
+    assert "see more_base) | - | 0.050 | - |" in text
+
+
+def test_the_teacher_accuracy_is_the_base_data_ceiling():
+    """Clean chains are all right; a teacher that slips on a line with probability 0.5 gets a 3-term chain (2 worked
+    lines) right about 1 time in 4, and longer chains less often."""
+    from prefixrl.bench.problems import teacher_accuracy
+
+    s = RegimeSettings(levels=(3, 6), multiply_prob=0.3, max_answer=9999, first_term_max=9999, width=4)
+    assert teacher_accuracy(s, count=100) == {"3": 1.0, "6": 1.0}
+    slipping = teacher_accuracy(replace(s, slip_rate=0.5), count=400)
+    assert 0.18 < slipping["3"] < 0.32 and slipping["6"] < 0.1
 
 
 def _mb(B=4, T=6, seed=0):
