@@ -136,7 +136,7 @@ def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], 
                    batch: int, seed: int, solutions_per_problem: int = 1,
                    examples: Sequence[tuple[Problem, str]] | None = None, lr: float = 3e-3,
                    save_every: int = 0, examples_after: tuple[int, Sequence[tuple[Problem, str]]] | None = None,
-                   init: Path | None = None) -> tuple[Path, list[float]]:
+                   init: Path | None = None, state_every: int = 0) -> tuple[Path, list[float]]:
     """Random-init the tiny model (out/init), SFT it on worked solutions of all levels, export it to out/base.
     `init`: an HF checkpoint of the tiny model with this tokenizer's vocabulary to continue from instead (a
     curriculum); its weights are copied to out/init and the optimizer starts fresh.
@@ -146,6 +146,10 @@ def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], 
     `examples` replaces the (problem, solution) pairs drawn from `splits`; `save_every` > 0 also exports
     out/checkpoints/step-XXXXX every that many steps (the reproduction benchmark picks its base among them).
     `examples_after` = (step, pairs): from that step on, batches are drawn from these pairs instead (one schedule).
+    `state_every` > 0: every that many steps the whole training state (weights, Adam, schedule, the batch sampler's
+    generator, the losses so far) is saved to out/sft_state (the newest only), and a call that finds one there
+    continues from it, drawing the batches an uninterrupted run would have; the caller deletes it once the base is
+    final.
     """
     import torch
 
@@ -176,8 +180,23 @@ def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], 
         examples = sft_examples(splits["train_easy"] + splits["train_medium"] + splits["train_hard"],
                                 per_problem=solutions_per_problem, cfg=task_cfg)  # fmt: skip
     g = torch.Generator().manual_seed(seed)
-    losses = []
-    for step in range(steps):
+    losses: list[float] = []
+    state_dir, start = out / "sft_state", 0
+    if state_every and state_dir.exists():
+        from megatron_ext.policy import latest_checkpoint
+
+        try:
+            latest_checkpoint(state_dir)
+        except FileNotFoundError:
+            pass  # killed during its first save: nothing to continue from
+        else:
+            extra = policy.load(state_dir)
+            g.set_state(extra["generator"])
+            losses, start = list(extra["losses"]), policy.step
+            logger.info("sft: continuing from the saved state at step %d (%s)", start, state_dir)
+    if examples_after is not None and 0 < examples_after[0] <= start:
+        examples = examples_after[1]
+    for step in range(start, steps):
         if examples_after is not None and step == examples_after[0]:
             examples = examples_after[1]
             logger.info("sft step %d: switching to the %d later examples", step + 1, len(examples))
@@ -192,6 +211,11 @@ def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], 
         if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
             convert.save_hf_checkpoint(policy.export_hf(), spec, out / "checkpoints" / f"step-{step + 1:05d}",
                                        overwrite=True)  # fmt: skip
+        if state_every and (step + 1) % state_every == 0 and step + 1 < steps:
+            from prefixrl.session import prune_checkpoints
+
+            policy.save(state_dir, extra={"generator": g.get_state(), "losses": losses})
+            prune_checkpoints(state_dir, keep_last=1)
     base_dir = out / "base"
     convert.save_hf_checkpoint(policy.export_hf(), spec, base_dir, overwrite=True)
     del policy

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from prefixrl.bench.problems import base_corpus, base_examples, level_problems, make_bench_splits
+from prefixrl.bench.problems import base_corpus, base_examples, level_problems, make_bench_splits, task_config
 from prefixrl.bench.regime import BASE_FIELDS, RegimeSettings
 from prefixrl.bench.report import regime_markdown
 from prefixrl.bench.reproduce import PRESETS, BenchSettings
@@ -305,3 +305,55 @@ def test_the_hard_filter_keeps_problems_the_base_always_fails_in_order_and_resum
     assert ("| hard problems: base fails all 16 samples (the paper's pass@512 = 0 rule; `hard_filter`): kept of "
             "checked | - | train_hard 20 of 32, heldout_hard 5 of 15; 752 samples, 1.5e+12 FLOPs (charged to no "
             "method) | - |") in text
+
+
+def test_an_interrupted_base_sft_continues_where_it_stopped(tmp_path, monkeypatch):
+    """Real Megatron (one process): a base SFT killed after step 5 and started again continues from its saved state
+    at step 4 (state_every=2) and ends with the losses and weights of an uninterrupted run (the same batches, Adam
+    state and schedule); a run that finds no state starts from step 0."""
+    import torch
+    from safetensors.torch import load_file
+
+    from megatron_ext import runtime
+    from megatron_ext.policy import MegatronPolicy
+    from prefixrl.pipeline import sft_base_model
+    from prefixrl.tokenizer import SentencePieceTokenizer
+
+    s = RegimeSettings(levels=(2, 3), per_level=60, slip_rate=0.3)
+    examples = base_examples(s)
+    tokenizer = SentencePieceTokenizer.train([p.prompt for p, _ in examples] + [t for _, t in examples],
+                                             vocab_size=330)  # fmt: skip
+    cfg = task_config(s, hard=3, medium=3, seed=0)
+    kw = dict(steps=7, batch=2, seed=3, examples=examples[:60], lr=1e-3, state_every=2,
+              examples_after=(3, examples[60:]))
+    real_step = MegatronPolicy.train_step
+    calls, armed = [], [True]
+
+    class Killed(Exception):
+        pass
+
+    def killed_at_step_6(self, *a, **k):
+        calls.append(self.step)
+        if armed and self.step == 5:
+            armed.clear()
+            raise Killed
+        return real_step(self, *a, **k)
+
+    def sft(out):  # each run in a fresh runtime, as in a new process: the same random init
+        runtime.initialize(seed=0)
+        try:
+            return sft_base_model(out, tokenizer, {}, cfg, **kw)[1]
+        finally:
+            runtime.shutdown()
+
+    whole = sft(tmp_path / "a")
+    monkeypatch.setattr(MegatronPolicy, "train_step", killed_at_step_6)
+    with pytest.raises(Killed):
+        sft(tmp_path / "b")
+    assert [p.name for p in (tmp_path / "b" / "sft_state").glob("iter_*")] == ["iter_0000004"]  # the newest only
+    calls.clear()
+    resumed = sft(tmp_path / "b")
+    assert calls == [4, 5, 6]  # steps 5-7 only
+    assert resumed == pytest.approx(whole, abs=1e-6) and len(whole) == 7
+    a, b = (load_file(str(next((tmp_path / d / "base").glob("*.safetensors")))) for d in ("a", "b"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
