@@ -539,7 +539,7 @@ CORE_METHODS: tuple[str, ...] = ("prefixrl", "rl", "sft_rl", "prefixed_only", "o
 """What fits the full preset's three hours on 2 cores: the paper's headline comparisons (its two ratios), the
 back-generalization test and the two off-policy baselines (cheap: like PrefixRL they pay the sourcing, so they train
 for PrefixRL's RL FLOPs only). rl_large_n and more_base spend the whole budget on their own training and add about
-30 min a seed (estimated)."""
+37 min a seed (session 20: 15 and 22 min)."""
 
 DIAGNOSTICS: dict[str, Callable[[Context, int], Curve]] = {
     f.__name__: f for f in (prefixrl_sound, prefixrl_early, rl_low_lr)

@@ -93,10 +93,11 @@ answers); the base learns 1,200 steps of clean chains, then 1,200 of a teacher t
 cosine schedule, about 26 min); the hard level is the confirmed one at temperature 0.9, and its problems are those the
 base fails in 64 samples (the paper's rule, `hard_filter_k`); sourcing cap 1,024; 60 PrefixRL steps, plain RL capped at
 3x its steps. The issue's sizes (256 hard problems, 128 + 128 held out, 3 seeds). The methods are CORE_METHODS;
-measured (session 19): regime stage 48 min, then prefixrl, rl, sft_rl and prefixed_only 26 min a seed, luffy and
-offpolicy_is about 10 min more (estimated), so about 2 h 35 min. rl_large_n and the more_base control, which spend the
-whole budget on their own training, run on the same directory afterwards with `--set methods=<all of METHODS>`
-(finished runs are kept; about 30 min a seed, estimated).
+measured (sessions 19-20): regime stage 48 min, then prefixrl, rl, sft_rl and prefixed_only 26 min a seed, luffy and
+offpolicy_is 9-12 min more, so about 2 h 40 min. rl_large_n and the more_base control, which spend the whole budget on
+their own training, run on the same directory afterwards with `--set methods=<all of METHODS>` (finished runs are
+kept; 37 min a seed). Session 20: this regime's base had not levelled off (more_base beats every RL method), so it
+is a recipe to start from, not a settled regime.
 full-v8: session 8's full preset (chains of 2-6 terms that add, 1,000 answers, cap 512, 12 PrefixRL steps, every
 method); the commands of sessions 8-18 in docs/reproduction.md start from it. small: full-v8's base with 128 hard
 problems, one seed by default (docs/reproduction.md reports `--seeds 3`: 32-38 min per seed), so `--base-from` a
