@@ -203,9 +203,10 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
     switch = (s.clean_steps, final) if s.slip_rate > 0 and s.clean_steps else None
     examples = base_examples(replace(s, slip_rate=s.early_slip_rate, early_slip_rate=0.0)) if switch else final
     cfg = task_config(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed)
+    resumed = (out / "sft_state").exists() and (out / "tokenizer.model").exists()  # an interrupted SFT continues
     if s.warm_start:
         tokenizer = SentencePieceTokenizer.load(warm_start_tokenizer(Path(s.warm_start)))
-    elif (out / "sft_state").exists() and (out / "tokenizer.model").exists():  # an interrupted SFT continues
+    elif resumed:
         tokenizer = SentencePieceTokenizer.load(out / "tokenizer.model")
     else:
         tokenizer = SentencePieceTokenizer.train([p.prompt for p in corpus] + [t for _, t in final], vocab_size=384)
@@ -219,7 +220,8 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
     info = {"sft_steps": s.sft_steps, "sft_examples": len(final), "sft_problems": len(corpus),
             "sft_sequences": s.sft_steps * s.sft_batch,
             "loss_first_last": [losses[0], sum(losses[-20:]) / len(losses[-20:])],
-            "loss_curve": losses[:: max(1, len(losses) // 50)], "wall_s": time.perf_counter() - t0}  # fmt: skip
+            "loss_curve": losses[:: max(1, len(losses) // 50)], "wall_s": time.perf_counter() - t0,
+            "resumed": resumed}  # fmt: skip
     (out / "base_prompts.json").write_text(json.dumps(sorted(p.prompt for p in corpus)))
     done.write_text(json.dumps(info, indent=1))
     shutil.rmtree(out / "sft_state", ignore_errors=True)
@@ -228,7 +230,8 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
 
 BASE_STATE_EVERY = 200
 """The base's SFT saves its whole training state every that many steps (`pipeline.sft_base_model`): a killed regime
-stage loses at most that many steps of its longest part (the full preset's base: 2,400 steps, 27 min on 2 cores)."""
+stage loses at most that many steps of its longest part (the full preset's base: 2,400 steps, 27 min on 2 cores).
+A resumed base's wall_s in base.json counts its last start only (base.json says "resumed": true)."""
 
 
 BASE_FIELDS = ("levels", "per_level", "orders_per_problem", "first_term_max", "max_operand", "max_answer",
