@@ -132,6 +132,10 @@ def synthetic_task(seed: int) -> tuple[Any, dict[str, list[Problem]], Any]:
     return task_cfg, splits, tokenizer
 
 
+SFT_STATE_DIR = "sft_state"
+"""Where `sft_base_model` keeps its resumable training state, under its `out` directory."""
+
+
 def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], task_cfg: Any, *, steps: int,
                    batch: int, seed: int, solutions_per_problem: int = 1,
                    examples: Sequence[tuple[Problem, str]] | None = None, lr: float = 3e-3,
@@ -147,7 +151,7 @@ def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], 
     out/checkpoints/step-XXXXX every that many steps (the reproduction benchmark picks its base among them).
     `examples_after` = (step, pairs): from that step on, batches are drawn from these pairs instead (one schedule).
     `state_every` > 0: every that many steps the whole training state (weights, Adam, schedule, the batch sampler's
-    generator, the losses so far) is saved to out/sft_state (the newest only), and a call that finds one there
+    generator, the losses so far) is saved to out/SFT_STATE_DIR (the newest only), and a call that finds one there
     continues from it, drawing the batches an uninterrupted run would have; the caller deletes it once the base is
     final.
     """
@@ -181,7 +185,7 @@ def sft_base_model(out: Path, tokenizer: Any, splits: dict[str, list[Problem]], 
                                 per_problem=solutions_per_problem, cfg=task_cfg)  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    state_dir, start = out / "sft_state", 0
+    state_dir, start = out / SFT_STATE_DIR, 0
     if state_every and state_dir.exists():
         from megatron_ext.policy import latest_checkpoint
 

@@ -192,7 +192,7 @@ def warm_start_tokenizer(model_dir: Path) -> Path:
 
 def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
     """Tokenizer + SFT of the tiny base on every level -> out/tokenizer.model, out/base, out/checkpoints/step-*."""
-    from prefixrl.pipeline import sft_base_model
+    from prefixrl.pipeline import SFT_STATE_DIR, sft_base_model
     from prefixrl.tokenizer import SentencePieceTokenizer
 
     done = out / "base.json"
@@ -203,7 +203,7 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
     switch = (s.clean_steps, final) if s.slip_rate > 0 and s.clean_steps else None
     examples = base_examples(replace(s, slip_rate=s.early_slip_rate, early_slip_rate=0.0)) if switch else final
     cfg = task_config(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed)
-    resumed = (out / "sft_state").exists() and (out / "tokenizer.model").exists()  # an interrupted SFT continues
+    resumed = (out / SFT_STATE_DIR).exists() and (out / "tokenizer.model").exists()  # an interrupted SFT continues
     if s.warm_start:
         tokenizer = SentencePieceTokenizer.load(warm_start_tokenizer(Path(s.warm_start)))
     elif resumed:
@@ -224,7 +224,7 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
             "resumed": resumed}  # fmt: skip
     (out / "base_prompts.json").write_text(json.dumps(sorted(p.prompt for p in corpus)))
     done.write_text(json.dumps(info, indent=1))
-    shutil.rmtree(out / "sft_state", ignore_errors=True)
+    shutil.rmtree(out / SFT_STATE_DIR, ignore_errors=True)
     return info
 
 
@@ -435,7 +435,8 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         if "difficulty" not in figures:
             figures["difficulty"] = difficulty_figures(out, s, splits["train_hard"])
         figures.setdefault("chance", chance(s))
-        figures.setdefault("teacher_pass_at_1", teacher_accuracy(s))
+        if "teacher_pass_at_1" not in figures:
+            figures["teacher_pass_at_1"] = teacher_accuracy(s)
         if filtered is not None:
             figures.setdefault("hard_filter", filtered)
         if figures != before:
