@@ -296,14 +296,19 @@ def regime_markdown(regime: dict[str, Any]) -> str:
                      f"{floor['sourced_fraction']:.3f} | - |")
     teacher = regime.get("teacher_pass_at_1")
     if teacher:
-        hard = str(regime["hard_level_terms"])
+        hard, medium = str(regime["hard_level_terms"]), str(regime.get("medium_level_terms"))
         by_level = ", ".join(f"{k} terms {v:.3f}" for k, v in teacher.items())
         lines.append(f"| the base's SFT teacher (`teacher_accuracy`): pass@1 by number of terms, the base's ceiling "
                      f"| - | {by_level} | - |")
-        if hard in teacher and teacher[hard] > 0:
-            lines.append(f"| ... the base's train_hard pass@1 / the teacher's at the hard level ({hard} terms; far "
-                         f"below 1: the base may still be learning, see more_base) | - | "
-                         f"{regime['base_pass_at_1']['train_hard'] / teacher[hard]:.3f} | - |")
+        for split, level, name in (("train_hard", hard, "hard"), ("heldout_medium", medium, "medium")):
+            base = regime["base_pass_at_1"].get(split)
+            if base is None or not teacher.get(level):
+                continue
+            biased = (f"; biased low: the split keeps problems the base fails {regime['hard_filter']['k']} times"
+                      if split == "train_hard" and "hard_filter" in regime else "")
+            lines.append(f"| ... the base's {split} pass@1 / the teacher's at the {name} level ({level} terms{biased}; "
+                         f"far below 1: the base may still be learning, see more_base) | - | "
+                         f"{base / teacher[level]:.3f} | - |")
     if "sound_trace_fraction" in regime:
         lines.append(f"| sound_trace_fraction (sourced traces whose every step is right) | - | "
                      f"{regime['sound_trace_fraction']:.3f} | - |")

@@ -187,7 +187,14 @@ def test_regime_markdown_marks_unmet_targets():
     text = regime_markdown(regime)
     assert "| - | 6 terms 0.500, 11 terms 0.200 | - |" in text
     assert "/ the teacher's at the hard level (11 terms; far below 1: the base may still be learning" in text
-    assert "see more_base) | - | 0.050 | - |" in text
+    assert "see more_base) | - | 0.050 | - |" in text and "heldout_medium pass@1 / the teacher's" not in text
+    kept = {"checked": 320, "kept": 256}
+    regime |= {"hard_filter": {"k": 64, "train_hard": kept, "heldout_hard": kept, "samples": 1, "flops": 1.0},
+               "base_pass_at_1": {"train_hard": 0.01, "heldout_medium": 0.1}}
+    text = regime_markdown(regime)
+    assert "(11 terms; biased low: the split keeps problems the base fails 64 times; far below 1" in text
+    assert "heldout_medium pass@1 / the teacher's at the medium level (6 terms; far below 1" in text
+    assert "see more_base) | - | 0.200 | - |" in text
 
 
 def test_the_teacher_accuracy_is_the_base_data_ceiling():
