@@ -60,10 +60,12 @@ _FOUR_DIGIT = replace(RegimeSettings(), levels=(2, 3, 4, 5, 6, 7, 8), multiply_p
                       first_term_max=9999, max_answer=9999, slip_rate=0.2, clean_steps=1200, sft_steps=2400,
                       checkpoints=4, gen_tokens=160, confirm_problems=256, temperature=0.9, hard_filter_k=64,
                       source_cap=1024)
+_SLIP_05 = replace(_FOUR_DIGIT, slip_rate=0.5, sft_steps=4800, checkpoints=8)
 _RL_60_STEPS = replace(RLSettings(), prefixrl_steps=60, eval_every=12, lr=1e-4, gen_tokens=160, max_steps_factor=3.0)
 
 PRESETS: dict[str, BenchSettings] = {
-    "full": BenchSettings(regime=_FOUR_DIGIT, rl=_RL_60_STEPS, methods=CORE_METHODS),
+    "full": BenchSettings(regime=_SLIP_05, rl=_RL_60_STEPS, methods=CORE_METHODS),
+    "full-v19": BenchSettings(regime=_FOUR_DIGIT, rl=_RL_60_STEPS, methods=CORE_METHODS),
     "full-v8": BenchSettings(regime=replace(_REGIME, source_cap=512),
                              rl=replace(_RL_12_STEPS, max_steps_factor=10.0)),
     "small": BenchSettings(
@@ -87,17 +89,21 @@ PRESETS: dict[str, BenchSettings] = {
     ),
 }  # fmt: skip
 """Preset name -> settings (docs/reproduction.md has each one's measured figures and wall time).
-full: the regime of sessions 17-18 in one run (its base is not session 17's three-stage one: a 6-term hard level and
-lookup errors in session 19, docs/reproduction.md). Chains of 2-8 terms that add or multiply, four-digit totals (10,000
-answers); the base learns 1,200 steps of clean chains, then 1,200 of a teacher that slips on 20 % of its lines (one
-cosine schedule, about 26 min); the hard level is the confirmed one at temperature 0.9, and its problems are those the
-base fails in 64 samples (the paper's rule, `hard_filter_k`); sourcing cap 1,024; 60 PrefixRL steps, plain RL capped at
-3x its steps. The issue's sizes (256 hard problems, 128 + 128 held out, 3 seeds). The methods are CORE_METHODS;
-measured (sessions 19-20): regime stage 48 min, then prefixrl, rl, sft_rl and prefixed_only 26 min a seed, luffy and
-offpolicy_is 9-12 min more, so about 2 h 40 min. rl_large_n and the more_base control, which spend the whole budget on
-their own training, run on the same directory afterwards with `--set methods=<all of METHODS>` (finished runs are
-kept; 37 min a seed). Session 20: this regime's base had not levelled off (more_base beats every RL method), so it
-is a recipe to start from, not a settled regime.
+full (session 21): full-v19 with a base levelled off by construction: its teacher slips on half its lines after the
+1,200 clean steps, and the base learns from it for 4,800 steps in all (one cosine schedule, about 54 min; 8
+checkpoints). The more_base control stays flat on it (train_hard 0.000 -> 0.000 for the same FLOPs, session 21), which
+session 19's base did not. Measured (session 21): hard level 5 terms, base pass@8 0.4 %, 83 % sourced, prefix success
+5.3 % (target 10 %); regime stage 76 min, then CORE_METHODS about 35 min a seed (prefixrl 4, rl 12, sft_rl 5,
+prefixed_only 5, luffy and offpolicy_is about 9 together), so about 3 h; more_base 22 min a seed, rl_low_lr 18, run
+afterwards with `--set methods=...` (finished runs are kept).
+full-v19: the regime of sessions 17-18 in one run (sessions 19-20's `full`; its base is not session 17's three-stage
+one: a 6-term hard level and lookup errors, docs/reproduction.md). Chains of 2-8 terms that add or multiply, four-digit
+totals (10,000 answers); the base learns 1,200 steps of clean chains, then 1,200 of a teacher that slips on 20 % of its
+lines (one cosine schedule, about 26 min); the hard level is the confirmed one at temperature 0.9, and its problems are
+those the base fails in 64 samples (the paper's rule, `hard_filter_k`); sourcing cap 1,024; 60 PrefixRL steps, plain
+RL capped at 3x its steps. The issue's sizes (256 hard problems, 128 + 128 held out, 3 seeds). Measured (sessions
+19-20): regime stage 48 min, then CORE_METHODS about 35 min a seed. Its base had not levelled off (more_base beats
+every RL method, session 20).
 full-v8: session 8's full preset (chains of 2-6 terms that add, 1,000 answers, cap 512, 12 PrefixRL steps, every
 method); the commands of sessions 8-18 in docs/reproduction.md start from it. small: full-v8's base with 128 hard
 problems, one seed by default (docs/reproduction.md reports `--seeds 3`: 32-38 min per seed), so `--base-from` a

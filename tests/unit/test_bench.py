@@ -18,17 +18,18 @@ from prefixrl.bench.reproduce import PRESETS, BenchSettings, _check_settings_fil
 
 def test_presets_and_errors():
     assert get_preset("smoke", seeds=2).seeds == 2 and get_preset("full").seeds == 3
-    with pytest.raises(ValueError, match="available presets: full, full-v8, small, smoke"):
+    with pytest.raises(ValueError, match="available presets: full, full-v19, full-v8, small, smoke"):
         get_preset("fast")
     with pytest.raises(ValueError, match="prefixrl must come first"):
         BenchSettings(methods=("rl", "prefixrl"))
     with pytest.raises(ValueError, match="unknown method"):
         BenchSettings(methods=("prefixrl", "dpo"))
-    for name in ("full", "full-v8"):  # the issue's sizes
+    for name in ("full", "full-v19", "full-v8"):  # the issue's sizes
         r = PRESETS[name].regime
         assert r.max_answer + 1 >= 1000 and r.train_hard >= 256 and r.source_cap <= 1024 and PRESETS[name].seeds >= 3
-    full = PRESETS["full"]  # sessions 17-18's regime in one run: the paper's rule for hard problems, the core methods
+    full = PRESETS["full"]  # full-v19 with a teacher that slips more, for longer: the paper's rule, the core methods
     r = full.regime
+    assert r.slip_rate == 0.5 and replace(r, slip_rate=0.2, sft_steps=2400, checkpoints=4) == PRESETS["full-v19"].regime
     assert r.hard_filter_k > 0 and 0 < r.clean_steps < r.sft_steps and r.slip_rate > 0 and not r.warm_start
     assert full.methods[:4] == ("prefixrl", "rl", "sft_rl", "prefixed_only") and set(full.methods) < set(METHODS)
 

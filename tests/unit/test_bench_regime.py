@@ -40,9 +40,9 @@ def test_base_examples_slip_at_the_set_rate_and_the_presets_use_slips_on_short_c
     for level in (2, 6):
         right = [ArithVerifier()(p, t) for p, t in slipped if p.metadata["num_terms"] == level]
         assert abs(sum(right) / len(right) - 0.7 ** (level - 1)) < 0.07
-    for name in ("small", "full-v8", "full"):  # full: chains up to 8 terms, slips only after the clean phase
+    for name in ("small", "full-v8", "full", "full-v19"):  # full*: chains up to 8 terms, slips after the clean phase
         r = PRESETS[name].regime
-        assert r.slip_rate > 0 and r.clean_steps > 0 and max(r.levels) <= (8 if name == "full" else 6)
+        assert r.slip_rate > 0 and r.clean_steps > 0 and max(r.levels) <= (8 if name in ("full", "full-v19") else 6)
     with pytest.raises(ValueError, match="slipping teacher would never be used"):
         RegimeSettings(slip_rate=0.3, clean_steps=100, sft_steps=100)
     with pytest.raises(ValueError, match="slip_rate=1.0"):
