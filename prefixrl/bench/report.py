@@ -305,7 +305,7 @@ def regime_markdown(regime: dict[str, Any]) -> str:
             if base is None or not teacher.get(level):
                 continue
             biased = (f"; biased low: the split keeps problems the base fails {regime['hard_filter']['k']} times"
-                      if split == "train_hard" and "hard_filter" in regime else "")
+                      if split == "train_hard" and regime.get("hard_filter") else "")
             lines.append(f"| ... the base's {split} pass@1 / the teacher's at the {name} level ({level} terms{biased}; "
                          f"far below 1: the base may still be learning, see more_base) | - | "
                          f"{base / teacher[level]:.3f} | - |")

@@ -189,6 +189,7 @@ def test_regime_markdown_marks_unmet_targets():
     assert "| - | 6 terms 0.500, 11 terms 0.200 | - |" in text
     assert "/ the teacher's at the hard level (11 terms; far below 1: the base may still be learning" in text
     assert "see more_base) | - | 0.050 | - |" in text and "heldout_medium pass@1 / the teacher's" not in text
+    assert "biased low" not in regime_markdown(regime | {"hard_filter": None})  # a regime without the filter
     kept = {"checked": 320, "kept": 256}
     regime |= {"hard_filter": {"k": 64, "train_hard": kept, "heldout_hard": kept, "samples": 1, "flops": 1.0},
                "base_pass_at_1": {"train_hard": 0.01, "heldout_medium": 0.1}}
