@@ -230,7 +230,7 @@ def train_base(out: Path, s: RegimeSettings) -> dict[str, Any]:
 
 BASE_STATE_EVERY = 200
 """The base's SFT saves its whole training state every that many steps (`pipeline.sft_base_model`): a killed regime
-stage loses at most that many steps of its longest part (the full preset's base: 2,400 steps, 27 min on 2 cores).
+stage loses at most that many steps of its longest part (the full preset's base: 4,800 steps, 53 min on 2 cores).
 A resumed base's wall_s in base.json counts its last start only (base.json says "resumed": true)."""
 
 
