@@ -296,7 +296,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "  prefixrl bench reproduce --preset full --out runs/repro --set methods=prefixrl,rl,sft_rl,prefixed_only,"
         "more_base,luffy,offpolicy_is,rl_large_n    # then every method")
     r.add_argument("--preset", required=True,
-                   help="smoke, small, full, full-v19 (sessions 19-20's full) or full-v8 (session 8's)")
+                   help="smoke, small, full, full-kinds (session 22's trial), full-v19 (sessions 19-20's full) or "
+                        "full-v8 (session 8's)")
     r.add_argument("--seeds", type=int, help="seeds per method (default: the preset's)")
     r.add_argument("--out", help="output directory (default runs/repro-<preset>)")
     r.add_argument("--base-from", metavar="DIR",

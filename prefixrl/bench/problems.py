@@ -75,7 +75,39 @@ def base_examples(s: RegimeSettings) -> list[tuple[Problem, str]]:
 
     cfg = task_config(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed)
     return [(p, t) for p in base_corpus(s)
-            for t in slipped_solutions(p, num=s.orders_per_problem, cfg=cfg, slip_rate=s.slip_rate)]
+            for t in slipped_solutions(p, num=s.orders_per_problem, cfg=cfg, slip_rate=s.slip_rate,
+                                       kinds=slip_kinds(s))]
+
+
+def slip_kinds(s: RegimeSettings) -> Any:
+    """The kinds of line the base's teacher slips on (`prefixrl.tasks.arith.SlipKinds`), or None for every line."""
+    from prefixrl.tasks.arith import SlipKinds
+
+    return SlipKinds(s.slip_kind_fraction, seed=s.seed) if s.slip_kind_fraction < 1.0 else None
+
+
+def slip_line_count(kinds: Any, problem: Problem) -> int:
+    """How many of `problem`'s worked lines (left to right) are of a kind in `kinds` (a `SlipKinds`)."""
+    from prefixrl.tasks.arith import term_labels
+
+    labels = term_labels(problem) or [None] * (len(problem.metadata["terms"]) - 1)
+    return sum((lb, t) in kinds for lb, t in zip(labels, problem.metadata["terms"][1:]))
+
+
+def slip_lines(s: RegimeSettings, problems: list[Problem]) -> dict[str, float] | None:
+    """How many of each problem's worked lines are of a kind the teacher slips on (mean, min, max over `problems`),
+    and the share of all kinds in the set; None when the teacher slips on every kind."""
+    from prefixrl.tasks.arith import LABELS
+
+    kinds = slip_kinds(s)
+    if kinds is None or not problems:
+        return None
+    counts = [slip_line_count(kinds, p) for p in problems]
+    steps = [*range(1, s.max_operand + 1), *range(-s.max_operand, 0),
+             *(f"*{m}" for m in s.multipliers if s.multiply_prob > 0)]
+    labels = list(LABELS[: max(s.levels) - 1]) if s.labels else [None]
+    return {"mean": sum(counts) / len(counts), "min": min(counts), "max": max(counts),
+            "kind_share": kinds.share(labels=labels, terms=steps)}
 
 
 def teacher_accuracy(s: RegimeSettings, *, count: int = 500) -> dict[str, float]:
@@ -91,7 +123,8 @@ def teacher_accuracy(s: RegimeSettings, *, count: int = 500) -> dict[str, float]
         cfg = task_config(s, hard=level, medium=level, seed=s.seed + 11)
         problems = level_problems(s, level=level, count=count, tag="teacher", seed=s.seed + 11)
         right = [verifier(p, text) for p in problems
-                 for text in slipped_solutions(p, num=1, cfg=cfg, slip_rate=s.slip_rate)]  # fmt: skip
+                 for text in slipped_solutions(p, num=1, cfg=cfg, slip_rate=s.slip_rate,
+                                               kinds=slip_kinds(s))]  # fmt: skip
         out[str(level)] = sum(right) / len(right)
     return out
 
@@ -116,7 +149,7 @@ def make_bench_splits(s: RegimeSettings, *, hard: int, medium: int, exclude: set
 HARD_SPLITS = ("train_hard", "heldout_hard")
 """The splits `hard_filter` selects (heldout_medium is drawn as is)."""
 HARD_FILTER_POOL = 3
-"""Candidates drawn per wanted hard problem when `hard_filter_k` is set."""
+"""The default of `RegimeSettings.hard_filter_pool`: candidates drawn per wanted hard problem."""
 _FILTER_CHUNK = 32
 
 
@@ -155,6 +188,7 @@ def hard_filter(path: Path, s: RegimeSettings, candidates: dict[str, list[Proble
         if len(kept[name]) < want[name]:
             raise ValueError(f"regime.hard_filter_k={s.hard_filter_k}: only {len(kept[name])} of {len(ps)} {name} "
                              f"candidates fail all {s.hard_filter_k} samples, {want[name]} wanted; lower "
-                             "hard_filter_k or make the hard level harder (lower target_pass_at_k or temperature)")
+                             "hard_filter_k, raise hard_filter_pool or make the hard level harder (lower "
+                             "target_pass_at_k or temperature)")
         figures[name] = {"checked": end, "kept": len(kept[name]), "kept_fraction": len(survivors) / max(1, end)}
     return kept, figures | {"samples": state["samples"], "tokens": state["tokens"], "wall_s": state.get("wall_s")}

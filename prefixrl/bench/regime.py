@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from prefixrl.bench.problems import (HARD_FILTER_POOL, HARD_SPLITS, base_corpus, base_examples, check_gen_tokens,
-                                     hard_filter, level_problems, make_bench_splits, task_config, teacher_accuracy)
+                                     hard_filter, level_problems, make_bench_splits, slip_kinds, slip_line_count,
+                                     slip_lines, task_config, teacher_accuracy)
 from prefixrl.records import Problem
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,12 @@ class RegimeSettings:
     (Megatron, and an HF replica) sat at loss 1.5 without even copying the previous total for 350 steps; after 150 or
     300 clean steps it copies and looks terms up but does not add yet (3 % of lines right at step 300), and slips at
     rate 0.65 from step 150 left it writing random totals. Addition is learned last, at 400-800 steps."""
+    slip_kind_fraction: float = 1.0
+    """The share of worked-line kinds (a term's label and step, e.g. `c + 7`; `prefixrl.tasks.arith.SlipKinds`) the
+    teacher slips on, at slip_rate; it writes the other kinds right. 1.0 (the default, and every preset before
+    session 22) slips on every line alike: one behaviour, which plain RL unlearns for every problem from a handful
+    of right samples (session 21). Below 1 the base's errors are problem-specific: a problem is hard by its own
+    lines, as the paper's hard problems are hard one by one. The kinds are drawn from `seed`."""
     early_slip_rate: float = 0.0
     """The teacher's slip rate during the first clean_steps (0, the default: clean chains). On clean chains the true
     running sum and "the written total plus this term" are the same number, and base (g) learned the first: its last
@@ -125,11 +132,14 @@ class RegimeSettings:
     probe cannot tell 2 % from 9 %: session 11's picked level had pass@8 1.6 % on the probe and 9.0 % on train_hard."""
     hard_filter_k: int = 0
     """The paper's rule for hard problems (its pass@512 = 0): train_hard and heldout_hard keep only problems on which
-    the base gets none of hard_filter_k samples right, taken in order from HARD_FILTER_POOL times as many candidates
+    the base gets none of hard_filter_k samples right, taken in order from hard_filter_pool times as many candidates
     of the hard level (`prefixrl.bench.problems.hard_filter`). Without it the splits are random problems of the
     hard level, and some are easy enough for plain RL to learn from (session 17: sourcing's first-success rounds
     reject equal difficulty, p = 0.006). The filter's samples are reported in regime.json (`hard_filter`) and
     charged to no method, as in the paper; sourcing then samples afresh. 0 (the default): no filter."""
+    hard_filter_pool: int = HARD_FILTER_POOL
+    """With hard_filter_k: candidates drawn per wanted hard problem (the filter checks them in order and stops once
+    it has enough). Raise it when fewer than 1 in hard_filter_pool candidates fail all hard_filter_k samples."""
     medium_pass_at_k: float = 0.3
     """The medium level: the longest chain with base pass@k at least this."""
     train_hard: int = 256
@@ -163,6 +173,8 @@ class RegimeSettings:
         if self.hard_filter_k < 0:
             raise ValueError(f"hard_filter_k={self.hard_filter_k} must be >= 0 (0: no filter; the paper keeps the "
                              "problems with pass@512 = 0)")
+        if self.hard_filter_pool < 1:
+            raise ValueError(f"hard_filter_pool={self.hard_filter_pool} must be >= 1 (candidates per wanted problem)")
         if self.confirm_problems < 0:
             raise ValueError(f"confirm_problems={self.confirm_problems} must be >= 0 (0: no confirmation)")
         if not self.temperature > 0.0:
@@ -170,6 +182,9 @@ class RegimeSettings:
                              "sampling use a small value such as 0.1)")
         if not 0.0 <= self.slip_rate < 1.0:
             raise ValueError(f"slip_rate={self.slip_rate} must be in [0, 1)")
+        if not 0.0 < self.slip_kind_fraction <= 1.0:
+            raise ValueError(f"slip_kind_fraction={self.slip_kind_fraction} must be in (0, 1] (1: the teacher may "
+                             "slip on every kind of line)")
         if not 0.0 <= self.early_slip_rate <= self.slip_rate:
             raise ValueError(f"early_slip_rate={self.early_slip_rate} must be in [0, slip_rate={self.slip_rate}]")
         if self.early_slip_rate > 0 and not self.clean_steps:
@@ -235,8 +250,8 @@ A resumed base's wall_s in base.json counts its last start only (base.json says 
 
 
 BASE_FIELDS = ("levels", "per_level", "orders_per_problem", "first_term_max", "max_operand", "max_answer",
-               "multiply_prob", "multipliers", "labels", "random_label_start", "slip_rate", "clean_steps",
-               "early_slip_rate", "width", "sft_steps", "sft_batch", "sft_lr", "checkpoints", "seed", "warm_start")
+               "multiply_prob", "multipliers", "labels", "random_label_start", "slip_rate", "slip_kind_fraction",
+               "clean_steps", "early_slip_rate", "width", "sft_steps", "sft_batch", "sft_lr", "checkpoints", "seed", "warm_start")
 """The RegimeSettings fields the base model (and its tokenizer) depends on."""
 PROBE_FIELDS = (*BASE_FIELDS, "probe_problems", "probe_k", "gen_tokens", "temperature")
 """The fields the level probe's curve depends on as well (the level targets only pick from it; its confirmation step
@@ -419,7 +434,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
             return [(any(verifier(p, tokenizer.decode(c.token_ids)) for c in cs),
                      sum(len(ids) + len(c.token_ids) for c in cs)) for p, ids, cs in zip(ps, prompts, outs)]
 
-        pool = replace(s, **{k: HARD_FILTER_POOL * getattr(s, k) for k in HARD_SPLITS})
+        pool = replace(s, **{k: s.hard_filter_pool * getattr(s, k) for k in HARD_SPLITS})
         candidates = make_bench_splits(pool, hard=hard_level, medium=medium_level, exclude=exclude)
         t0 = time.perf_counter()
         kept, filtered = hard_filter(out / "hard_filter.json", s, {k: candidates[k] for k in HARD_SPLITS}, check)
@@ -435,6 +450,10 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         if "difficulty" not in figures:
             figures["difficulty"] = difficulty_figures(out, s, splits["train_hard"])
         figures.setdefault("chance", chance(s))
+        if "slip_lines" not in figures:
+            progress, _ = read_progress(out / "traces")
+            figures["slip_lines"] = slip_line_figures(s, splits, [p for p in splits["train_hard"] if p.problem_id
+                                                                  in progress and progress[p.problem_id].solved])
         if "teacher_pass_at_1" not in figures:
             figures["teacher_pass_at_1"] = teacher_accuracy(s)
         if filtered is not None:
@@ -476,12 +495,30 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         "sourced_trace_kinds": {k: kinds.count(k) for k in TRACE_KINDS},
         "prefix_success": success["all"], "prefix_success_by_trace": success,
         "difficulty": difficulty_figures(out, s, splits["train_hard"]), "chance": chance(s),
-        "teacher_pass_at_1": teacher_accuracy(s),
+        "teacher_pass_at_1": teacher_accuracy(s), "slip_lines": slip_line_figures(s, splits, solved),
         "base_first_errors": errors.figures(), "wall_s": wall, "hard_filter": filtered,
         "base": {k: v for k, v in base_info.items() if k != "loss_curve"}, "probe": probe,
     }  # fmt: skip
     fig_path.write_text(json.dumps(figures, indent=1))
     return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
+
+
+def slip_line_figures(s: RegimeSettings, splits: dict[str, list[Problem]],
+                      solved: list[Problem]) -> dict[str, Any] | None:
+    """With a teacher that slips on some kinds of line only (slip_kind_fraction < 1): per split how many of a
+    problem's lines are of those kinds (`problems.slip_lines`), and train_hard's sourced fraction by that count
+    ({count: [solved, problems]}): whether a problem's own lines set its hardness. None otherwise."""
+    kinds = slip_kinds(s)
+    if kinds is None:
+        return None
+    ids = {p.problem_id for p in solved}
+    by_count: dict[str, list[int]] = {}
+    for p in splits["train_hard"]:
+        row = by_count.setdefault(str(slip_line_count(kinds, p)), [0, 0])
+        row[0] += p.problem_id in ids
+        row[1] += 1
+    return {"splits": {k: slip_lines(s, ps) for k, ps in splits.items()},
+            "train_hard_sourced_by_count": dict(sorted(by_count.items()))}
 
 
 def sourcing_round(s: RegimeSettings) -> int:

@@ -61,10 +61,12 @@ _FOUR_DIGIT = replace(RegimeSettings(), levels=(2, 3, 4, 5, 6, 7, 8), multiply_p
                       checkpoints=4, gen_tokens=160, confirm_problems=256, temperature=0.9, hard_filter_k=64,
                       source_cap=1024)
 _SLIP_05 = replace(_FOUR_DIGIT, slip_rate=0.5, sft_steps=4800, checkpoints=8)
+_KINDS = replace(_SLIP_05, slip_rate=0.5, slip_kind_fraction=0.5, sft_steps=3600, checkpoints=6, hard_filter_pool=4)
 _RL_60_STEPS = replace(RLSettings(), prefixrl_steps=60, eval_every=12, lr=1e-4, gen_tokens=160, max_steps_factor=3.0)
 
 PRESETS: dict[str, BenchSettings] = {
     "full": BenchSettings(regime=_SLIP_05, rl=_RL_60_STEPS, methods=CORE_METHODS),
+    "full-kinds": BenchSettings(regime=_KINDS, rl=_RL_60_STEPS, methods=CORE_METHODS),
     "full-v19": BenchSettings(regime=_FOUR_DIGIT, rl=_RL_60_STEPS, methods=CORE_METHODS),
     "full-v8": BenchSettings(regime=replace(_REGIME, source_cap=512),
                              rl=replace(_RL_12_STEPS, max_steps_factor=10.0)),
@@ -96,6 +98,9 @@ session 19's base did not. Measured (session 21): hard level 5 terms, base pass@
 5.3 % (target 10 %); regime stage 76 min, then CORE_METHODS about 35 min a seed (prefixrl 4, rl 12, sft_rl 5,
 prefixed_only 5, luffy and offpolicy_is about 9 together), so about 3 h; more_base 22 min a seed, rl_low_lr 18, run
 afterwards with `--set methods=...` (finished runs are kept).
+full-kinds (session 22, a trial): full's regime with problem-specific errors: the teacher slips (at 0.5) only on
+lines of half the kinds (a term's label and step, `RegimeSettings.slip_kind_fraction`), so a problem is as hard as
+its own lines; 3,600 base steps, 6 checkpoints, 4 filter candidates per hard problem.
 full-v19: the regime of sessions 17-18 in one run (sessions 19-20's `full`; its base is not session 17's three-stage
 one: a 6-term hard level and lookup errors, docs/reproduction.md). Chains of 2-8 terms that add or multiply, four-digit
 totals (10,000 answers); the base learns 1,200 steps of clean chains, then 1,200 of a teacher that slips on 20 % of its

@@ -253,21 +253,54 @@ def chain_text(terms: Sequence[Term], *, width: int = 0, labels: Sequence[str] |
     return _format_chain(terms, totals, width=width, labels=labels)
 
 
+@dataclass(frozen=True, slots=True)
+class SlipKinds:
+    """The kinds of worked line a careless teacher slips on (`slipped_chain`). A line's kind is its term's label and
+    step: ("c", 7) for `c + 7`, ("d", -4) for `d - 4`, ("e", "*3") for `e * 3` (label None when unlabelled); a
+    seeded `fraction` of all kinds is in the set, each kind in or out for good. With fraction 1 the teacher may
+    slip on every line alike, a single behaviour that RL on any one problem unlearns for all of them (session 21,
+    docs/reproduction.md); below 1 its errors are problem-specific: a problem is as hard as its own lines' kinds,
+    and a right answer on it says nothing of the kinds it lacks.
+
+        SlipKinds(0.5, seed=0)  # about half the kinds; ("c", 7) in kinds tells whether `c + 7` lines may slip
+    """
+
+    fraction: float
+    """Share of the kinds in the set, in (0, 1]."""
+    seed: int = 0
+    """Which kinds: every kind is kept or not by a hash of (seed, kind)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction={self.fraction} must be in (0, 1]; 1 slips on every kind of line")
+
+    def __contains__(self, kind: tuple[str | None, Term]) -> bool:
+        label, term = kind
+        return self.fraction >= 1.0 or derive_seed(self.seed, f"slip-kind:{label}:{term}") % 1_000_000 < round(
+            self.fraction * 1_000_000)
+
+    def share(self, *, labels: Sequence[str | None], terms: Sequence[Term]) -> float:
+        """The share of the kinds (every label with every term) that are in the set."""
+        kinds = [(lb, t) for lb in labels for t in terms]
+        return sum(k in self for k in kinds) / len(kinds)
+
+
 def slipped_chain(terms: Sequence[Term], *, rng: random.Random, slip_rate: float, max_answer: int, width: int = 0,
-                  labels: Sequence[str] | None = None, modulus: int = 0) -> str:
+                  labels: Sequence[str] | None = None, modulus: int = 0, kinds: SlipKinds | None = None) -> str:
     """`chain_text` written by a careless teacher: each line's total is, with probability `slip_rate`, a uniformly
     random wrong number, and the later lines carry on from it (each of them right given the written total), so the
     answer line is wrong. The random total is drawn where the rest of the chain stays in [0, max_answer], so one of
     the teacher's slipped chains lands on the right answer about 1 time in max_answer: its right answers are sound
     chains. A base trained on them keeps slipping however long it trains, but more often than its teacher, and its
     right answers need not be sound (base (g): 24 % of its sourced traces were; docs/reproduction.md). With
-    `modulus` (chains that multiply) a slip is any other number in [0, modulus)."""
+    `modulus` (chains that multiply) a slip is any other number in [0, modulus). With `kinds`, only lines of those
+    kinds (`SlipKinds`: the term's label and step) may slip; the others are always right (None: every line may)."""
     if not 0.0 <= slip_rate < 1.0:
         raise ValueError(f"slip_rate={slip_rate} must be in [0, 1)")
     totals, total = [], int(terms[0])
     for i, t in enumerate(terms[1:], start=1):
         total = apply_term(total, t, modulus)
-        slips = rng.random() < slip_rate
+        slips = rng.random() < slip_rate and (kinds is None or (labels[i - 1] if labels else None, t) in kinds)
         if slips and modulus:  # any other total: later lines are taken modulo too, so every total is possible
             wrong = rng.randrange(modulus - 1)
             total = wrong + (wrong >= total)
@@ -316,14 +349,15 @@ def solutions(problem: Problem, *, num: int, cfg: ArithConfig) -> list[str]:
             for o in _orders(problem, num=num, cfg=cfg)]  # fmt: skip
 
 
-def slipped_solutions(problem: Problem, *, num: int, cfg: ArithConfig, slip_rate: float) -> list[str]:
-    """`solutions` (the same orders) written by `slipped_chain`'s careless teacher; the slips are a function of
-    cfg.seed and the problem id."""
+def slipped_solutions(problem: Problem, *, num: int, cfg: ArithConfig, slip_rate: float,
+                      kinds: SlipKinds | None = None) -> list[str]:
+    """`solutions` (the same orders) written by `slipped_chain`'s careless teacher, slipping only on lines of `kinds`
+    when given; the slips are a function of cfg.seed and the problem id."""
     terms, names = _signed_terms(problem), term_labels(problem)
     rng = random.Random(derive_seed(cfg.seed, f"slips-{problem.problem_id}"))
     return [slipped_chain([terms[i] for i in o], rng=rng, slip_rate=slip_rate, max_answer=cfg.max_answer,
                           width=cfg.width, labels=[names[i - 1] for i in o[1:]] if names else None,
-                          modulus=cfg.modulus)
+                          modulus=cfg.modulus, kinds=kinds)
             for o in _orders(problem, num=num, cfg=cfg)]  # fmt: skip
 
 

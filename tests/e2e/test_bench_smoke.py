@@ -130,5 +130,5 @@ def test_smoke_benchmark_runs_reports_and_resumes(tmp_path):
 def test_unknown_preset_lists_them(tmp_path):
     r = subprocess.run([sys.executable, "-m", "prefixrl.cli", "bench", "reproduce", "--preset", "huge", "--out",
                         str(tmp_path / "x")], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert r.returncode == 2 and "available presets: full, full-v19, full-v8, small, smoke" in r.stderr
+    assert r.returncode == 2 and "available presets: full, full-kinds, full-v19, full-v8, small, smoke" in r.stderr
     assert not (tmp_path / "x").exists()

@@ -18,7 +18,7 @@ from prefixrl.bench.reproduce import PRESETS, BenchSettings, _check_settings_fil
 
 def test_presets_and_errors():
     assert get_preset("smoke", seeds=2).seeds == 2 and get_preset("full").seeds == 3
-    with pytest.raises(ValueError, match="available presets: full, full-v19, full-v8, small, smoke"):
+    with pytest.raises(ValueError, match="available presets: full, full-kinds, full-v19, full-v8, small, smoke"):
         get_preset("fast")
     with pytest.raises(ValueError, match="prefixrl must come first"):
         BenchSettings(methods=("rl", "prefixrl"))

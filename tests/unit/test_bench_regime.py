@@ -53,6 +53,46 @@ def test_base_examples_slip_at_the_set_rate_and_the_presets_use_slips_on_short_c
         RegimeSettings(slip_rate=0.3, early_slip_rate=0.1)
 
 
+def test_a_teacher_slipping_on_some_kinds_of_line_makes_problems_hard_by_their_own_lines():
+    """With slip_kind_fraction < 1 the base's SFT chains slip only on lines of the teacher's kinds, the teacher's
+    accuracy falls with a problem's count of such lines, and the regime figures count them per problem (None at
+    1.0, every line alike); the full-kinds preset is full with that one change (and a shorter base)."""
+    from prefixrl.bench.problems import slip_kinds, slip_line_count, slip_lines
+    from prefixrl.bench.regime import slip_line_figures
+    from prefixrl.tasks.arith import ArithVerifier, line_kinds, term_labels
+
+    s = RegimeSettings(levels=(2, 6), per_level=300, multiply_prob=0.3, max_answer=9999, first_term_max=9999,
+                       width=4, slip_rate=0.5, slip_kind_fraction=0.5, clean_steps=10, sft_steps=20)
+    kinds = slip_kinds(s)
+    right, expected = [], []
+    for p, text in base_examples(s):
+        lines = zip(term_labels(p), p.metadata["terms"][1:], line_kinds(p, text))
+        assert all(k in ".f" for lb, t, k in lines if (lb, t) not in kinds)  # other kinds never slip
+        right.append(ArithVerifier()(p, text))
+        expected.append(0.5 ** slip_line_count(kinds, p))  # right iff none of its slip-kind lines slips
+    assert len(right) == 600 and abs(sum(right) - sum(expected)) / len(right) < 0.05
+    assert all(r for r, e in zip(right, expected) if e == 1.0)
+    assert slip_kinds(replace(s, slip_kind_fraction=1.0)) is None
+    problems = level_problems(s, level=6, count=50, tag="t", seed=0)
+    fig = slip_lines(s, problems)
+    assert 0 <= fig["min"] < fig["mean"] < fig["max"] <= 5 and 0.3 < fig["kind_share"] < 0.7
+    figs = slip_line_figures(s, {"train_hard": problems, "heldout_medium": problems[:10]}, problems[:5])
+    assert sum(solved for solved, _ in figs["train_hard_sourced_by_count"].values()) == 5
+    assert sum(n for _, n in figs["train_hard_sourced_by_count"].values()) == 50
+    assert set(figs["splits"]) == {"train_hard", "heldout_medium"}
+    assert slip_line_figures(replace(s, slip_kind_fraction=1.0), {"train_hard": problems}, []) is None
+    for bad in (0.0, 1.2):
+        with pytest.raises(ValueError, match=f"slip_kind_fraction={bad} must be in"):
+            RegimeSettings(slip_kind_fraction=bad)
+    with pytest.raises(ValueError, match="hard_filter_pool=0 must be >= 1"):
+        RegimeSettings(hard_filter_pool=0)
+    kinds_preset, full = PRESETS["full-kinds"], PRESETS["full"]
+    assert kinds_preset.regime.slip_kind_fraction == 0.5 and "slip_kind_fraction" in BASE_FIELDS
+    assert replace(kinds_preset.regime, slip_kind_fraction=1.0, sft_steps=full.regime.sft_steps,
+                   checkpoints=full.regime.checkpoints, hard_filter_pool=3) == full.regime
+    assert kinds_preset.rl == full.rl and kinds_preset.methods == full.methods
+
+
 def test_a_multiplying_regime_reaches_the_base_the_splits_and_the_teacher():
     """regime.multiply_prob flows into every stage's problems: the base's chains and the splits multiply (totals
     modulo 1,000), and the slipping teacher's right answers still follow (1 - slip_rate) ** lines."""

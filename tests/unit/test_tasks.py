@@ -9,9 +9,12 @@ from prefixrl.protocols import Tokenizer, Verifier
 from prefixrl.records import Problem
 from prefixrl.tasks.arith import (
     FIRST_ERRORS,
+    LABELS,
     TRACE_KINDS,
     ArithConfig,
+    SlipKinds,
     ArithVerifier,
+    apply_term,
     chain_is_sound,
     chain_text,
     first_error,
@@ -109,6 +112,38 @@ def test_random_label_start_wraps_and_spreads_letters():
             assert chain_is_sound(p, text) and ArithVerifier()(p, text)
     assert any("za" in term_labels(p) for p in problems)
     assert term_labels(Problem(problem_id="u", prompt="Compute 37 + 58 - 12.", answer="83")) == ""
+
+
+def test_slip_kinds_hold_a_seeded_share_of_line_kinds_and_the_teacher_slips_on_those_only():
+    """SlipKinds keeps about `fraction` of the (label, step) kinds, the same ones for a seed and others for another;
+    slipped_chain with kinds slips only on lines of those kinds, at slip_rate, and the others stay right."""
+    labels, steps = list(LABELS[:7]), [*range(1, 10), *range(-9, 0), "*2", "*3"]
+    half = SlipKinds(0.5, seed=0)
+    assert 0.35 < half.share(labels=labels, terms=steps) < 0.65
+    assert SlipKinds(1.0).share(labels=labels, terms=steps) == 1.0
+    assert 0.1 < SlipKinds(0.2, seed=3).share(labels=labels, terms=steps) < 0.3
+    members = {(lb, t) for lb in labels for t in steps if (lb, t) in half}
+    assert members == {(lb, t) for lb in labels for t in steps if (lb, t) in SlipKinds(0.5, seed=0)}
+    assert members != {(lb, t) for lb in labels for t in steps if (lb, t) in SlipKinds(0.5, seed=1)}
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=f"fraction={bad} must be in"):
+            SlipKinds(bad)
+    terms = [5000, 3, -4, 7, "*2", -9, 5, "*3", 8]
+    names = LABELS[: len(terms) - 1]
+    in_set = [(lb, t) in half for lb, t in zip(names, terms[1:])]
+    assert any(in_set) and not all(in_set)
+    rng, slips, seen = random.Random(0), [0] * len(in_set), 0
+    for _ in range(600):
+        text = slipped_chain(terms, rng=rng, slip_rate=0.5, max_answer=9999, width=4, labels=names, modulus=10_000,
+                             kinds=half)
+        total = terms[0]
+        for i, (line, t) in enumerate(zip(text.splitlines()[:-1], terms[1:])):
+            b = int(line.split()[-1])
+            slips[i] += b != apply_term(total, t, 10_000)
+            total = b
+        seen += 1
+    for i, flag in enumerate(in_set):
+        assert (0.4 < slips[i] / seen < 0.6) if flag else slips[i] == 0
 
 
 def test_slipped_chain_writes_random_wrong_totals_and_carries_on():
