@@ -309,6 +309,15 @@ def regime_markdown(regime: dict[str, Any]) -> str:
             lines.append(f"| ... the base's {split} pass@1 / the teacher's at the {name} level ({level} terms{biased}; "
                          f"far below 1: the base may still be learning, see more_base) | - | "
                          f"{base / teacher[level]:.3f} | - |")
+    slips = regime.get("slip_lines")
+    if slips:
+        hard = slips["splits"]["train_hard"]
+        lines.append(f"| the teacher slips on {hard['kind_share']:.0%} of the line kinds (`slip_kind_fraction`): such "
+                     f"lines per train_hard problem, mean (min-max) | - | {hard['mean']:.2f} ({hard['min']}-"
+                     f"{hard['max']}) | - |")
+        lines.append("| ... train_hard sourced by that count: solved / problems | - | "
+                     + ", ".join(f"{n}: {a} / {b}" for n, (a, b) in slips["train_hard_sourced_by_count"].items())
+                     + " | - |")
     if "sound_trace_fraction" in regime:
         lines.append(f"| sound_trace_fraction (sourced traces whose every step is right) | - | "
                      f"{regime['sound_trace_fraction']:.3f} | - |")

@@ -81,6 +81,13 @@ def test_a_teacher_slipping_on_some_kinds_of_line_makes_problems_hard_by_their_o
     assert sum(n for _, n in figs["train_hard_sourced_by_count"].values()) == 50
     assert set(figs["splits"]) == {"train_hard", "heldout_medium"}
     assert slip_line_figures(replace(s, slip_kind_fraction=1.0), {"train_hard": problems}, []) is None
+    regime = {"hard_level_terms": 6, "medium_level_terms": 3, "source_cap": 64, "k": 8, "answer_space": 10_000,
+              "slip_lines": figs, "base_pass_at_1": {},
+              **{k: 0.5 for k in ("base_pass_at_k_train_hard", "sourced_fraction", "prefix_success")}}
+    text = regime_markdown(regime)
+    row = next(line for line in text.splitlines() if "sourced by that count" in line)
+    assert all(f"{n}: {a} / {b}" in row for n, (a, b) in figs["train_hard_sourced_by_count"].items())
+    assert f"lines per train_hard problem, mean (min-max) | - | {fig['mean']:.2f} ({fig['min']}-" in text
     for bad in (0.0, 1.2):
         with pytest.raises(ValueError, match=f"slip_kind_fraction={bad} must be in"):
             RegimeSettings(slip_kind_fraction=bad)
