@@ -251,7 +251,8 @@ A resumed base's wall_s in base.json counts its last start only (base.json says 
 
 BASE_FIELDS = ("levels", "per_level", "orders_per_problem", "first_term_max", "max_operand", "max_answer",
                "multiply_prob", "multipliers", "labels", "random_label_start", "slip_rate", "slip_kind_fraction",
-               "clean_steps", "early_slip_rate", "width", "sft_steps", "sft_batch", "sft_lr", "checkpoints", "seed", "warm_start")
+               "clean_steps", "early_slip_rate", "width", "sft_steps", "sft_batch", "sft_lr", "checkpoints", "seed",
+               "warm_start")
 """The RegimeSettings fields the base model (and its tokenizer) depends on."""
 PROBE_FIELDS = (*BASE_FIELDS, "probe_problems", "probe_k", "gen_tokens", "temperature")
 """The fields the level probe's curve depends on as well (the level targets only pick from it; its confirmation step
