@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from prefixrl.records import Problem
-from prefixrl.tasks.arith import LINE_ERRORS, first_error
+from prefixrl.tasks.arith import LINE_ERRORS, first_error, worked_lines
 
 
 def chi2_sf(x: float, dof: int) -> float:
@@ -100,8 +100,12 @@ class FirstErrorTally:
     base whose errors spread along the chain from one that fails one check at one line on every problem (session 16:
     a term looked up at a fixed line, docs/reproduction.md)."""
 
-    def __init__(self, verifier: Callable[[Problem, str], bool]) -> None:
+    def __init__(self, verifier: Callable[[Problem, str], bool], kinds: Any = None) -> None:
         self.verifier = verifier
+        self.kinds = kinds
+        """With a `SlipKinds` (a teacher that slips on some kinds of line only): also tally `kind_hazards`."""
+        self.by_kind: Counter[tuple[bool, bool]] = Counter()
+        """(the line's kind is in `kinds`, the line is right) -> lines, over the lines that `kind_hazards` judges."""
         self.errors: Counter[tuple[str, int]] = Counter()
         """First errors of the wrong samples."""
         self.fails_at: Counter[int | None] = Counter()
@@ -113,6 +117,8 @@ class FirstErrorTally:
         if not ok:
             self.errors[err or ("none", -1)] += 1  # none: a sound chain the verifier refused
         self.fails_at[err[1] if err and err[0] in LINE_ERRORS else None] += 1
+        if self.kinds is not None:
+            self.by_kind.update(kind_hazards(problem, text, self.kinds))
         return ok
 
     def line_failure(self) -> list[list[int | float]]:
@@ -138,6 +144,24 @@ class FirstErrorTally:
         kinds: Counter[str] = Counter()
         for (kind, _), c in self.errors.items():
             kinds[kind] += c
-        return {"wrong_samples": n, "by_kind": {k: c / n for k, c in kinds.most_common()},
-                "line_failure": self.line_failure(),
-                "top": [[k, line, c / n] for (k, line), c in self.errors.most_common(top)]}
+        out = {"wrong_samples": n, "by_kind": {k: c / n for k, c in kinds.most_common()},
+               "line_failure": self.line_failure(),
+               "top": [[k, line, c / n] for (k, line), c in self.errors.most_common(top)]}
+        if self.kinds is not None:  # [right, judged] per side of the teacher's kinds
+            out["line_right_by_slip_kind"] = {
+                name: [self.by_kind[(flag, True)], self.by_kind[(flag, True)] + self.by_kind[(flag, False)]]
+                for name, flag in (("slip_kinds", True), ("other_kinds", False))}
+        return out
+
+
+def kind_hazards(problem: Problem, text: str, kinds: Any) -> list[tuple[bool, bool]]:
+    """(the line's kind -- its label and the prompt's term -- is in `kinds`, the line is right) for each worked line
+    of `text` up to and including the first that is not right (`worked_lines` kind "."): every judged line starts
+    from a right total, so the right share per side is the base's per-line accuracy on the kinds its teacher slips
+    on and on the others. A base that learned its teacher's kinds is right far more often on the others."""
+    out = []
+    for label, term, kind in worked_lines(problem, text):
+        out.append(((label, term) in kinds, kind == "."))
+        if kind != ".":
+            break
+    return out

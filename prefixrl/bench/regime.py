@@ -464,7 +464,7 @@ def build_regime(out: Path, s: RegimeSettings, *, engine_factory: Any) -> tuple[
         return Regime(out=out, base_dir=base_dir, tokenizer=tokenizer, splits=splits, figures=figures), engine
     ecfg = EvalConfig(num_samples=s.probe_k, temperature=s.temperature, max_tokens=s.gen_tokens, seed=s.seed + 3)
     t0 = time.perf_counter()
-    errors = FirstErrorTally(verifier)  # where the base's train_hard samples go wrong
+    errors = FirstErrorTally(verifier, slip_kinds(s))  # where the base's train_hard samples go wrong
     base_eval = {name: evaluate(ps, generate_fn=gen, verifier=errors if name == "train_hard" else verifier,
                                 format_prompt=fmt, cfg=ecfg).pass_at_k for name, ps in splits.items()}  # fmt: skip
     wall = {"base_eval": time.perf_counter() - t0}

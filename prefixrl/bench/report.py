@@ -284,6 +284,11 @@ def regime_markdown(regime: dict[str, Any]) -> str:
                      f"(`first_error`) | - | {', '.join(f'{k} {v:.2f}' for k, v in errs['by_kind'].items())} | - |")
         lines.append("| ... most common first errors (kind, worked line, share) | - | "
                      f"{', '.join(f'{k} L{line} {v:.2f}' for k, line, v in errs['top'][:3])} | - |")
+        by_kind = errs.get("line_right_by_slip_kind")
+        if by_kind:
+            lines.append("| ... per worked line reached from a right total: right on the kinds the teacher slips on, "
+                         "on the others (`kind_hazards`; lines) | - | "
+                         + ", ".join(f"{right / max(1, n):.2f} ({n:,})" for right, n in by_kind.values()) + " | - |")
         hazard = [f"L{line} {rate:.2f} ({reached:,})" for line, reached, rate in errs.get("line_failure", [])
                   if reached >= 20]
         if hazard:

@@ -461,17 +461,24 @@ def line_kinds(problem: Problem, text: str) -> str:
     sum takes each line's term by its label when the problem has labels (else as written). Lines that are not
     `a [label] +/- d = b` or `a [label] * m = b` are skipped.
     `line_kinds(p, "043 a + 5 = 048\\n048 b - 3 = 051\\nANSWER: 051")` -> ".x" when the terms are 43, +5, -3."""
+    return "".join(kind for _, _, kind in worked_lines(problem, text))
+
+
+def worked_lines(problem: Problem, text: str) -> list[tuple[str | None, Term, str]]:
+    """(label, term, kind) per worked line of `text`: the line's label (None unlabelled), the prompt's term of that
+    label (the written step when unlabelled or unknown), and its `line_kinds` letter."""
     terms, modulus = _signed_terms(problem), _modulus(problem)
     by_label = dict(zip(term_labels(problem), terms[1:]))
-    true, kinds = int(terms[0]), []
+    true, out = int(terms[0]), []
     for parsed in map(_parse_line, text.strip().splitlines()):
         if parsed is None:
             continue
         a, label, step, b = parsed
-        true = apply_term(true, by_label.get(label, step), modulus)
+        term = by_label.get(label, step)
+        true = apply_term(true, term, modulus)
         follows = b == apply_term(a, step, modulus)
-        kinds.append("." if follows and b == true else "f" if follows else "S" if b == true else "x")
-    return "".join(kinds)
+        out.append((label, term, "." if follows and b == true else "f" if follows else "S" if b == true else "x"))
+    return out
 
 
 TRACE_KINDS = ("sound", "wrong_line", "other")

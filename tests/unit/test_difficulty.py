@@ -95,3 +95,27 @@ def test_first_error_tally_kinds_count_wrong_samples_and_line_rates_count_every_
     assert fig["top"] == [["lookup", 1, 2 / 3], ["arith", 0, 1 / 3]]
     # every sample counts for the per-line rate: 4 reach line 0 and 1 fails there; 3 reach line 1 and 2 fail there
     assert fig["line_failure"] == [[0, 4, 1 / 4], [1, 3, 2 / 3]]
+
+
+def test_kind_hazards_judge_lines_from_a_right_start_by_the_teacher_s_kinds():
+    """kind_hazards gives (kind in the set, right) for each line up to the first wrong one; the tally sums them per
+    side of the set (a right line after a wrong one is not judged), and without kinds it records nothing."""
+    from prefixrl.bench.difficulty import kind_hazards
+    from prefixrl.records import Problem
+    from prefixrl.tasks.arith import ArithVerifier
+
+    p = Problem(problem_id="x", prompt="Compute 400 a * 3 b + 5 c - 2.", answer="203",
+                metadata={"terms": [400, "*3", 5, -2], "modulus": 1000})
+    kinds = {("b", 5)}
+    right = "400 a * 3 = 200\n200 b + 5 = 205\n205 c - 2 = 203\nANSWER: 203"
+    slip_b = "400 a * 3 = 200\n200 b + 5 = 215\n215 c - 2 = 213\nANSWER: 213"
+    slip_a = "400 a * 3 = 300\n300 b + 5 = 305\n305 c - 2 = 303\nANSWER: 303"
+    assert kind_hazards(p, right, kinds) == [(False, True), (True, True), (False, True)]
+    assert kind_hazards(p, slip_b, kinds) == [(False, True), (True, False)]
+    assert kind_hazards(p, slip_a, kinds) == [(False, False)]
+    tally = FirstErrorTally(ArithVerifier(), kinds)
+    assert [tally(p, t) for t in (right, slip_b, slip_a)] == [True, False, False]
+    assert tally.figures()["line_right_by_slip_kind"] == {"slip_kinds": [1, 2], "other_kinds": [3, 4]}
+    plain = FirstErrorTally(ArithVerifier())
+    plain(p, slip_b)
+    assert "line_right_by_slip_kind" not in plain.figures()
