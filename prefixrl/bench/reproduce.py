@@ -102,8 +102,8 @@ full-kinds (session 22, a trial): full's regime with problem-specific errors: th
 lines of half the kinds (a term's label and step, `RegimeSettings.slip_kind_fraction`), so a problem is as hard as
 its own lines; 3,600 base steps, 6 checkpoints, 4 filter candidates per hard problem. Measured (session 22, regime
 stage only, stopped in the sourcing): base 66 min, hard level 6 terms, base pass@8 0.4 %, sourcing on course for
-about 55 %; the base slips on every kind of line alike and its right answers are last-line resyncs, so this regime
-does not yet do what it is for (docs/reproduction.md).
+about 55 %; the base is right on 26-39 % of the lines its teacher never slips on (7-10 % of the others) and its
+right answers are last-line resyncs, so this regime does not yet do what it is for (docs/reproduction.md).
 full-v19: the regime of sessions 17-18 in one run (sessions 19-20's `full`; its base is not session 17's three-stage
 one: a 6-term hard level and lookup errors, docs/reproduction.md). Chains of 2-8 terms that add or multiply, four-digit
 totals (10,000 answers); the base learns 1,200 steps of clean chains, then 1,200 of a teacher that slips on 20 % of its
