@@ -73,10 +73,9 @@ def base_examples(s: RegimeSettings) -> list[tuple[Problem, str]]:
     `base_corpus`, with the teacher's slips at slip_rate (at 0 these are exactly `solutions`)."""
     from prefixrl.tasks.arith import slipped_solutions
 
-    cfg = task_config(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed)
+    cfg, kinds = task_config(s, hard=max(s.levels), medium=max(s.levels), seed=s.seed), slip_kinds(s)
     return [(p, t) for p in base_corpus(s)
-            for t in slipped_solutions(p, num=s.orders_per_problem, cfg=cfg, slip_rate=s.slip_rate,
-                                       kinds=slip_kinds(s))]
+            for t in slipped_solutions(p, num=s.orders_per_problem, cfg=cfg, slip_rate=s.slip_rate, kinds=kinds)]
 
 
 def slip_kinds(s: RegimeSettings) -> Any:
@@ -117,14 +116,13 @@ def teacher_accuracy(s: RegimeSettings, *, count: int = 500) -> dict[str, float]
     training (the more_base control) can beat every RL method there (session 20: 0.2 % of a 33 % teacher)."""
     from prefixrl.tasks.arith import ArithVerifier, slipped_solutions
 
-    verifier = ArithVerifier()
+    verifier, kinds = ArithVerifier(), slip_kinds(s)
     out = {}
     for level in s.levels:
         cfg = task_config(s, hard=level, medium=level, seed=s.seed + 11)
         problems = level_problems(s, level=level, count=count, tag="teacher", seed=s.seed + 11)
         right = [verifier(p, text) for p in problems
-                 for text in slipped_solutions(p, num=1, cfg=cfg, slip_rate=s.slip_rate,
-                                               kinds=slip_kinds(s))]  # fmt: skip
+                 for text in slipped_solutions(p, num=1, cfg=cfg, slip_rate=s.slip_rate, kinds=kinds)]  # fmt: skip
         out[str(level)] = sum(right) / len(right)
     return out
 
